@@ -1,0 +1,147 @@
+"""Backend dispatch: the one place that decides which implementation runs an op.
+
+``MAMBAIC_BACKEND=torch|triton|cuda|auto`` (default ``auto``) is read at call time, so a
+process can change it between calls; :func:`use_backend` overrides it in code for a block.
+
+Each backend registers, per op, an implementation and a ``supports(**meta)`` verifier that
+returns ``None`` when it can take the call or a sentence saying why not (device, dtype, the
+extension not built...). ``auto`` takes the first of :data:`AUTO_ORDER` that accepts; an
+explicitly named backend that cannot take the call raises :class:`BackendUnavailableError`
+with its reason: never a silent switch to another backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+log = logging.getLogger("mambaic_kernels")
+
+ENV_VAR = "MAMBAIC_BACKEND"
+BACKENDS = ("torch", "triton", "cuda")
+CHOICES = BACKENDS + ("auto",)
+# Fastest first: `auto` walks this list and takes the first backend that accepts the call.
+AUTO_ORDER = ("cuda", "triton", "torch")
+OPS = ("cross_scan", "cross_merge", "selective_scan", "window_attention")
+
+# The module that registers each backend's implementations when imported.
+_BACKEND_MODULES = {
+    "torch": "mambaic_kernels.pytorch",
+    "triton": "mambaic_kernels.triton",
+    "cuda": "mambaic_kernels.cuda",
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run the call (not installed, no GPU, build failed)."""
+
+
+@dataclass(frozen=True)
+class Implementation:
+    fn: Callable
+    supports: Callable[..., "str | None"]
+
+
+_registry: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
+_load_errors: dict[str, str] = {}
+_loaded: set[str] = set()
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("mambaic_backend", default=None)
+_logged_auto: set[tuple] = set()
+
+
+def register(op: str, backend: str, fn: Callable, supports: Callable[..., "str | None"]) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``op`` (called by the backend modules)."""
+    if op not in _registry:
+        raise ValueError(f"register: unknown op {op!r}; ops are {', '.join(OPS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"register: unknown backend {backend!r}; backends are {', '.join(BACKENDS)}")
+    _registry[op][backend] = Implementation(fn, supports)
+
+
+def _load(backend: str) -> str | None:
+    """Import a backend's module once; return why it failed to load, or None."""
+    if backend not in _loaded:
+        _loaded.add(backend)
+        try:
+            importlib.import_module(_BACKEND_MODULES[backend])
+        except Exception as exc:  # any import failure makes the backend unavailable, with its reason
+            _load_errors[backend] = f"{type(exc).__name__}: {exc}"
+    return _load_errors.get(backend)
+
+
+def requested() -> str:
+    """The backend asked for: the innermost :func:`use_backend`, else ``$MAMBAIC_BACKEND``, else auto."""
+    name = _override.get()
+    source = "use_backend"
+    if name is None:
+        name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+        source = ENV_VAR
+    if name not in CHOICES:
+        raise ValueError(f"{source}={name!r} is not a backend; choose one of {'|'.join(CHOICES)}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the block with ``name`` as the backend, whatever ``MAMBAIC_BACKEND`` says.
+
+    >>> with use_backend("torch"):
+    ...     y = cross_scan(x)
+    """
+    if name not in CHOICES:
+        raise ValueError(f"use_backend: {name!r} is not a backend; choose one of {'|'.join(CHOICES)}")
+    token = _override.set(name)
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def why_unavailable(op: str, backend: str, **meta) -> str | None:
+    """None if ``backend`` can run ``op`` for a call described by ``meta``, else the reason."""
+    err = _load(backend)
+    if err is not None:
+        return f"the {backend} backend failed to load ({err})"
+    impl = _registry[op].get(backend)
+    if impl is None:
+        return f"the {backend} backend has no {op} kernel"
+    return impl.supports(**meta)
+
+
+def available_backends(op: str, **meta) -> list[str]:
+    return [b for b in BACKENDS if why_unavailable(op, b, **meta) is None]
+
+
+def resolve(op: str, **meta) -> Callable:
+    """The implementation of ``op`` that the requested backend gives for this call."""
+    name = requested()
+    if name != "auto":
+        reason = why_unavailable(op, name, **meta)
+        if reason is not None:
+            avail = available_backends(op, **meta)
+            raise BackendUnavailableError(
+                f"{ENV_VAR}={name} (or use_backend), but {reason}; "
+                f"backends available for this {op} call: {'|'.join(avail + ['auto'])}"
+            )
+        return _registry[op][name].fn
+    rejected = {}
+    for candidate in AUTO_ORDER:
+        reason = why_unavailable(op, candidate, **meta)
+        if reason is None:
+            key = (op, candidate, tuple(sorted(meta.items())))
+            if key not in _logged_auto:
+                _logged_auto.add(key)
+                log.info("auto backend for %s %s: %s (rejected: %s)", op, meta, candidate, rejected)
+            return _registry[op][candidate].fn
+        rejected[candidate] = reason
+    raise BackendUnavailableError(f"no backend can run {op} for {meta}: {rejected}")
+
+
+def backend_report() -> dict[str, str | None]:
+    """Per backend: None when it loads, else why not (for ``mambaic info``)."""
+    return {b: _load(b) for b in BACKENDS}

@@ -1,0 +1,19 @@
+"""The `torch` backend: vectorised PyTorch for every op, on any device and float dtype."""
+
+from .. import _backend
+from .cross_scan import cross_merge, cross_scan
+from .selective_scan import selective_scan
+from .window_attention import window_attention
+
+
+def _supports(**meta):
+    return None  # plain PyTorch runs wherever the tensors are
+
+
+for _op, _fn in (
+    ("cross_scan", cross_scan),
+    ("cross_merge", cross_merge),
+    ("selective_scan", selective_scan),
+    ("window_attention", window_attention),
+):
+    _backend.register(_op, "torch", _fn, _supports)

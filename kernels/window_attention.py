@@ -1,0 +1,55 @@
+"""window_attention: Swin-style (shifted) window multi-head attention, between the two linears."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _backend, _checks
+
+
+def window_attention(
+    qkv: torch.Tensor,
+    rel_pos_bias: torch.Tensor,
+    heads: int,
+    window: int = 8,
+    *,
+    shifted: bool = False,
+) -> torch.Tensor:
+    """Multi-head self-attention inside window x window tiles of a feature map.
+
+    Args:
+        qkv: (batch, H, W, 3*dim): the embedding layer's output in spatial layout, channels
+            ordered (q|k|v, head, head_dim); H and W multiples of ``window``; contiguous.
+        rel_pos_bias: (heads, 2*window-1, 2*window-1), the official ``relative_position_params``.
+        heads: number of heads; must divide dim. head_dim = dim // heads.
+        window: the window side (MambaIC: 8).
+        shifted: cyclic shift by window//2 before and back after, with the official
+            shifted-window mask (only the last row and column of windows are masked).
+
+    Returns:
+        (batch, H, W, dim) in qkv's dtype: softmax(q k^T / sqrt(head_dim) + bias) v per window,
+        heads concatenated, before the output projection.
+
+    Example:
+        >>> qkv = torch.randn(2, 16, 24, 3 * 32)
+        >>> window_attention(qkv, torch.randn(2, 15, 15), heads=2, shifted=True).shape
+        torch.Size([2, 16, 24, 32])
+    """
+    op = "window_attention"
+    _checks.tensor(op, "qkv", qkv, ndim=4)
+    _checks.positive_int(op, "heads", heads)
+    _checks.positive_int(op, "window", window)
+    batch, H, W, C3 = qkv.shape
+    if C3 % (3 * heads) != 0:
+        raise ValueError(f"{op}: qkv's last dim must be 3 * heads * head_dim = multiple of {3 * heads}, got {C3}")
+    if H % window or W % window or H == 0 or W == 0:
+        raise ValueError(
+            f"{op}: qkv's H and W must be positive multiples of window={window}, got H={H}, W={W}; pad the map first"
+        )
+    _checks.tensor(op, "rel_pos_bias", rel_pos_bias)
+    _checks.shape(op, "rel_pos_bias", rel_pos_bias, (heads, 2 * window - 1, 2 * window - 1), "(heads, 2w-1, 2w-1)")
+    _checks.same_device(op, "qkv", qkv, rel_pos_bias=rel_pos_bias)
+    _checks.contiguous(op, "qkv", qkv)
+    _checks.contiguous(op, "rel_pos_bias", rel_pos_bias)
+    fn = _backend.resolve(op, **_checks.meta(qkv, window=window, head_dim=C3 // 3 // heads))
+    return fn(qkv, rel_pos_bias, heads, window, bool(shifted))

@@ -1,0 +1,3 @@
+from mambaic.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,24 @@
+"""`mambaic <command> ...`: each command is a module of mambaic.cli with a main(argv)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "info": "versions, GPU and which kernel backends are available",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: mambaic <command> [options]\n\ncommands:")
+        for name, text in COMMANDS.items():
+            print(f"  {name:<12} {text}")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"Error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    return importlib.import_module(f"mambaic.cli.{command}").main(rest)

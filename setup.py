@@ -1,0 +1,27 @@
+"""Packaging. The Python packages are declared in pyproject.toml; this file only adds the optional
+CUDA extension, built when MAMBAIC_BUILD_CUDA=1 (never decided by torch.cuda.is_available(): our
+development and CI machines have nvcc but no GPU)."""
+
+import os
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+PACKAGES = ["mambaic_kernels"] + [f"mambaic_kernels.{p}" for p in find_packages("kernels")]
+PACKAGES += ["mambaic"] + [f"mambaic.{p}" for p in find_packages("mambaic")]
+
+ext_modules, cmdclass = [], {}
+if os.environ.get("MAMBAIC_BUILD_CUDA") == "1":
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    csrc = Path("kernels/cuda/csrc")
+    ext_modules.append(
+        CUDAExtension(
+            "mambaic_kernels._cuda",
+            sources=sorted(str(p) for p in csrc.rglob("*.cpp")) + sorted(str(p) for p in csrc.rglob("*.cu")),
+            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-gencode=arch=compute_90,code=sm_90"]},
+        )
+    )
+    cmdclass["build_ext"] = BuildExtension
+
+setup(packages=PACKAGES, ext_modules=ext_modules, cmdclass=cmdclass)
