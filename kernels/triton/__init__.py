@@ -1,4 +1,8 @@
-"""The `triton` backend: Triton kernels, registered per op as their modules land."""
+"""The `triton` backend: Triton kernels, forward and backward, one module per op.
+
+Importing this package registers every op's Triton implementation; a missing Triton makes the
+whole backend unavailable, and the ImportError is the reason users see.
+"""
 
 import os
 
@@ -14,3 +18,7 @@ def supports_device(device: str, dtype: torch.dtype) -> "str | None":
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return f"the triton backend takes float32, float16 and bfloat16, got {dtype}"
     return None
+
+
+# Each module calls _backend.register(op, "triton", fn, supports) at import.
+from . import cross_scan, selective_scan, window_attention  # noqa: E402,F401
