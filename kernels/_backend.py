@@ -23,7 +23,8 @@ from typing import Callable, Iterator
 log = logging.getLogger("mambaic_kernels")
 
 ENV_VAR = "MAMBAIC_BACKEND"
-BACKENDS = ("torch", "triton", "cuda")
+# `vmamba` is the optional baseline of VMamba's own CUDA scan (kernels/vmamba.py): never picked by auto.
+BACKENDS = ("torch", "triton", "cuda", "vmamba")
 CHOICES = BACKENDS + ("auto",)
 # Fastest first: `auto` walks this list and takes the first backend that accepts the call.
 AUTO_ORDER = ("cuda", "triton", "torch")
@@ -34,6 +35,7 @@ _BACKEND_MODULES = {
     "torch": "mambaic_kernels.pytorch",
     "triton": "mambaic_kernels.triton",
     "cuda": "mambaic_kernels.cuda",
+    "vmamba": "mambaic_kernels.vmamba",
 }
 
 
@@ -74,16 +76,15 @@ def _load(backend: str) -> str | None:
     return _load_errors.get(backend)
 
 
-def requested() -> str:
-    """The backend asked for: the innermost :func:`use_backend`, else ``$MAMBAIC_BACKEND``, else auto."""
+def requested() -> tuple[str, str]:
+    """The backend asked for and who asked: the innermost :func:`use_backend`, else ``$MAMBAIC_BACKEND``."""
     name = _override.get()
-    source = "use_backend"
-    if name is None:
-        name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-        source = ENV_VAR
+    if name is not None:
+        return name, f"use_backend({name!r})"
+    name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
     if name not in CHOICES:
-        raise ValueError(f"{source}={name!r} is not a backend; choose one of {'|'.join(CHOICES)}")
-    return name
+        raise ValueError(f"{ENV_VAR}={name!r} is not a backend; choose one of {'|'.join(CHOICES)}")
+    return name, f"{ENV_VAR}={name}"
 
 
 @contextlib.contextmanager
@@ -119,13 +120,13 @@ def available_backends(op: str, **meta) -> list[str]:
 
 def resolve(op: str, **meta) -> Callable:
     """The implementation of ``op`` that the requested backend gives for this call."""
-    name = requested()
+    name, source = requested()
     if name != "auto":
         reason = why_unavailable(op, name, **meta)
         if reason is not None:
             avail = available_backends(op, **meta)
             raise BackendUnavailableError(
-                f"{ENV_VAR}={name} (or use_backend), but {reason}; "
+                f"{source}, but {reason}; "
                 f"backends available for this {op} call: {'|'.join(avail + ['auto'])}"
             )
         return _registry[op][name].fn

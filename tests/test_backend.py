@@ -1,0 +1,61 @@
+"""Dispatch: the variable is read per call, use_backend overrides it, errors say why and what's possible."""
+
+import pytest
+import torch
+
+import mambaic_kernels as mk
+from mambaic_kernels import _backend
+
+
+def test_unknown_backend_lists_choices(monkeypatch):
+    monkeypatch.setenv("MAMBAIC_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match=r"MAMBAIC_BACKEND='nonsense' is not a backend; choose one of torch\|triton\|cuda\|vmamba\|auto"):
+        mk.cross_scan(torch.randn(1, 2, 3, 4))
+    with pytest.raises(ValueError, match="use_backend: 'fast' is not a backend"):
+        with mk.use_backend("fast"):
+            pass
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_cuda_on_cpu_machine_says_why(monkeypatch):
+    monkeypatch.setenv("MAMBAIC_BACKEND", "cuda")
+    with pytest.raises(mk.BackendUnavailableError) as info:
+        mk.selective_scan(torch.randn(1, 4, 5), torch.rand(1, 4, 5), -torch.rand(4, 2),
+                          torch.randn(1, 4, 2, 5), torch.randn(1, 4, 2, 5))
+    msg = str(info.value)
+    assert "MAMBAIC_BACKEND=cuda" in msg and "not built" in msg and "MAMBAIC_BUILD_CUDA=1" in msg
+    assert "backends available for this selective_scan call: torch" in msg
+
+
+def test_variable_is_read_at_call_time(monkeypatch):
+    x = torch.randn(1, 2, 3, 4)
+    monkeypatch.setenv("MAMBAIC_BACKEND", "torch")
+    mk.cross_scan(x)
+    monkeypatch.setenv("MAMBAIC_BACKEND", "vmamba")
+    with pytest.raises(mk.BackendUnavailableError, match="MAMBAIC_BACKEND=vmamba"):
+        mk.cross_scan(x)
+
+
+def test_use_backend_overrides_variable(monkeypatch):
+    monkeypatch.setenv("MAMBAIC_BACKEND", "vmamba")
+    with mk.use_backend("torch"):
+        assert mk.cross_scan(torch.randn(1, 2, 3, 4)).shape == (1, 4, 2, 12)
+    assert _backend.requested() == ("vmamba", "MAMBAIC_BACKEND=vmamba")
+
+
+def test_auto_picks_an_available_backend(monkeypatch):
+    monkeypatch.delenv("MAMBAIC_BACKEND", raising=False)
+    x = torch.randn(1, 2, 3, 4)
+    fn = _backend.resolve("cross_scan", device="cpu", dtype=torch.float64)
+    assert fn is _backend._registry["cross_scan"]["torch"].fn  # only torch takes float64 on CPU
+    assert mk.cross_scan(x).shape == (1, 4, 2, 12)
+
+
+def test_info_reports_every_backend(capsys):
+    from mambaic.cli.main import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in _backend.BACKENDS:
+        assert f"  {name}" in out
+    assert "torch" in out and "triton" in out
