@@ -1,0 +1,64 @@
+"""GPU timing shared by the benchmarks: CUDA events around each run, warm-up first (autotuning,
+compilation), inputs built outside the timed region, p20 / p50 / p80 of many runs; peak memory
+from torch.cuda.max_memory_allocated after a reset. The device's copy bandwidth, measured the same
+way, is the ceiling every GB/s figure is compared with."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+def cuda_event_times(fn, warmup: int = 5, iters: int = 50, budget_s: float = 5.0) -> list[float]:
+    """Milliseconds of ``fn()`` per run, by CUDA events; fewer runs if one takes long (budget_s)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(iters):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+        if sum(times) > budget_s * 1e3 and len(times) >= 3:
+            break
+    return times
+
+
+def quantiles(times: list[float]) -> dict:
+    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    return {"p20_ms": q[1], "p50_ms": statistics.median(times), "p80_ms": q[7], "runs": len(times)}
+
+
+def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy rate in GB/s, counting bytes read plus bytes written."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda")
+    dst = torch.empty_like(src)
+    t = statistics.median(cuda_event_times(lambda: dst.copy_(src), warmup=3, iters=20))
+    return 2 * nbytes / (t * 1e-3) / 1e9
+
+
+def machine() -> dict:
+    import triton
+
+    return {
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "commit": git_commit(),
+    }
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
