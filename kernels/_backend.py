@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib
 import logging
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
+
+import torch
 
 log = logging.getLogger("mambaic_kernels")
 
@@ -120,6 +123,19 @@ def available_backends(op: str, **meta) -> list[str]:
 
 def resolve(op: str, **meta) -> Callable:
     """The implementation of ``op`` that the requested backend gives for this call."""
+    fn = _resolve(op, **meta)
+    if torch.autograd.profiler._is_profiler_enabled:
+        # a named range per op call, so a profile can attribute kernel time to ops (bench/latency.py)
+        return functools.partial(_profiled, f"mambaic_kernels::{op}", fn)
+    return fn
+
+
+def _profiled(name: str, fn: Callable, *args):
+    with torch.autograd.profiler.record_function(name):
+        return fn(*args)
+
+
+def _resolve(op: str, **meta) -> Callable:
     name, source = requested()
     if name != "auto":
         reason = why_unavailable(op, name, **meta)

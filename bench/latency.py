@@ -1,0 +1,408 @@
+"""Latency and peak memory of the full MambaIC model, every backend side by side.
+
+    python bench/latency.py --res 2K
+    python bench/latency.py --res kodak 1080p 2K 4K --json out.json --plot out.png
+
+For each resolution and backend, with random weights (the official default configuration):
+
+- forward: ``model(x)``, the training graph's likelihoods, under ``torch.no_grad``;
+- compress: ``model.compress(x)``, network and entropy coding to real strings;
+- decompress: ``model.decompress(strings, shape)``.
+
+Method: the model and inputs are built outside the timed region; each stage is run ``--warmup``
+times (Triton autotuning and compilation happen there), then ``--iters`` times, synchronised,
+timed with CUDA events on a GPU (``time.perf_counter`` on CPU); we report the median and the
+p20-p80 spread. Peak memory is ``torch.cuda.max_memory_allocated`` after a reset before each
+stage (on CPU: the process's peak RSS, VmHWM, reset through /proc/self/clear_refs). One profiled
+forward per (resolution, backend) attributes the time to modules (analysis g_a, hyperprior
+h_a/h_s and z coding, context model = the slice loop, synthesis g_s) by CUDA events in module
+hooks, and to ops (scan, cross-scan/merge, window attention, the rest) by torch.profiler ranges
+that the kernels open while a profiler runs. Sizes are padded to multiples of 128, as the codec
+pads them. An out-of-memory error is reported as OOM and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable from a checkout
+
+from bench.timing import git_commit  # noqa: E402
+
+RESOLUTIONS = {"kodak": (768, 512), "1080p": (1920, 1080), "2K": (2048, 1536), "4K": (3840, 2160)}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+STAGES = ("forward", "compress", "decompress")
+# Model parts for the breakdown: module name prefixes -> part.
+PARTS = {"analysis": ("g_a",), "hyperprior": ("h_a", "h_mean_s", "h_scale_s"), "synthesis": ("g_s",)}
+OP_RANGES = {"scan": "selective_scan", "cross-scan/merge": ("cross_scan", "cross_merge"),
+             "window attention": "window_attention"}
+PAD = 128
+
+
+def parse_resolution(text: str) -> tuple[str, int, int]:
+    if text in RESOLUTIONS:
+        return (text, *RESOLUTIONS[text])
+    m = re.fullmatch(r"(\d+)x(\d+)", text)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--res: {text!r} is not a resolution; use {', '.join(RESOLUTIONS)} or WxH (e.g. 1280x720)")
+    return (text, int(m.group(1)), int(m.group(2)))
+
+
+def padded(n: int) -> int:
+    return math.ceil(n / PAD) * PAD
+
+
+# ---------------------------------------------------------------- timing and memory, per device
+
+
+class Clock:
+    """Times a callable and reads peak memory, with CUDA events on a GPU and wall time on CPU."""
+
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def reset_peak(self):
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            with contextlib.suppress(OSError):
+                Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+    def peak_mib(self) -> float:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated() / 2**20
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def time_ms(self, fn) -> float:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+
+
+def spread(times: list[float]) -> dict:
+    if len(times) >= 2:
+        q = statistics.quantiles(times, n=10)
+        lo, hi = q[1], q[7]
+    else:
+        lo = hi = times[0]
+    return {"p50_ms": statistics.median(times), "p20_ms": lo, "p80_ms": hi, "runs": len(times)}
+
+
+# ---------------------------------------------------------------- breakdowns
+
+
+def module_breakdown(model, x, clock: Clock) -> dict:
+    """ms per model part in one forward: CUDA events (or wall time) in pre/post hooks."""
+    spans: dict[str, list] = {}
+    handles = []
+
+    def now():
+        if clock.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    for part, names in PARTS.items():
+        for name in names:
+            module = getattr(model, name)
+            handles.append(module.register_forward_pre_hook(lambda m, a, p=part: spans.setdefault(p, []).append([now()])))
+            handles.append(module.register_forward_hook(lambda m, a, o, p=part: spans[p][-1].append(now())))
+    try:
+        clock.sync()
+        start = now()
+        model(x)
+        end = now()
+        clock.sync()
+    finally:
+        for h in handles:
+            h.remove()
+
+    def ms(a, b):
+        return a.elapsed_time(b) if clock.cuda else (b - a) * 1e3
+
+    total = ms(start, end)
+    out = {part: sum(ms(a, b) for a, b in pairs) for part, pairs in spans.items()}
+    # everything that is neither transform nor hyperprior: the slice loop with its context model
+    out["context model"] = total - sum(out.values())
+    out["total"] = total
+    return out
+
+
+def op_breakdown(model, x, device: str) -> dict:
+    """Share of device time (CPU time on CPU) spent inside each op's profiler range."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        model(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    attr = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+
+    def in_range(evt_name: str) -> float:
+        return sum(getattr(e, "device_time_total" if device == "cuda" else "cpu_time_total", 0)
+                   for e in events if e.key == evt_name)
+
+    total = sum(getattr(e, attr, 0) for e in events if not e.key.startswith("mambaic_kernels::")
+                and not e.key.startswith("ProfilerStep"))
+    out = {}
+    for label, ops in OP_RANGES.items():
+        ops = (ops,) if isinstance(ops, str) else ops
+        out[label] = sum(in_range(f"mambaic_kernels::{op}") for op in ops)
+    out["rest"] = max(total - sum(out.values()), 0.0)
+    return {k: (100.0 * v / total if total else float("nan")) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------- one (resolution, backend)
+
+
+def run_one(model, x, backend: str, args, clock: Clock) -> dict:
+    import mambaic_kernels as mk
+
+    record = {"backend": backend}
+    autocast = (torch.autocast(x.device.type, dtype=DTYPES[args.dtype]) if args.dtype != "fp32"
+                else contextlib.nullcontext())
+    with mk.use_backend(backend), torch.no_grad():
+        strings = shape = None
+
+        def forward():
+            with autocast:
+                model(x)
+
+        def compress():
+            nonlocal strings, shape
+            out = model.compress(x)
+            strings, shape = out["strings"], out["shape"]
+
+        def decompress():
+            model.decompress(strings, shape)
+
+        for stage, fn in zip(STAGES, (forward, compress, decompress)):
+            try:
+                for _ in range(args.warmup):
+                    fn()
+                clock.sync()
+                clock.reset_peak()
+                times = [clock.time_ms(fn) for _ in range(args.iters)]
+                record[stage] = {**spread(times), "peak_mib": clock.peak_mib()}
+            except torch.cuda.OutOfMemoryError:
+                record[stage] = "OOM"
+                strings = None
+                torch.cuda.empty_cache()
+            args.progress()
+            if stage == "compress" and strings is None:
+                record["decompress"] = "skipped (compress failed)"
+                args.progress()
+                break
+        if isinstance(record.get("forward"), dict):
+            try:
+                with autocast:
+                    record["modules_ms"] = module_breakdown(model, x, clock)
+                    record["ops_pct"] = op_breakdown(model, x, x.device.type)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+    return record
+
+
+# ---------------------------------------------------------------- output
+
+
+def machine(device: str) -> dict:
+    info = {"device": torch.cuda.get_device_name(0) if device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} threads)", "torch": torch.__version__, "cuda": torch.version.cuda,
+            "commit": git_commit(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = "not installed"
+    return info
+
+
+def fmt_stage(rec) -> str:
+    if not isinstance(rec, dict):
+        return str(rec)
+    return f"{rec['p50_ms']:.1f} ({rec['p20_ms']:.1f}-{rec['p80_ms']:.1f})"
+
+
+def table(results: list[dict], header: dict) -> str:
+    lines = [f"device {header['device']} | torch {header['torch']} | triton {header['triton']} | "
+             f"CUDA {header['cuda']} | commit {header['commit']} | dtype {header['dtype']} | batch {header['batch']}", ""]
+    cols = ["res", "backend", "forward ms", "compress ms", "decompress ms", "peak MiB fwd/comp/dec", "speedup vs torch (fwd)",
+            "memory vs torch (fwd)"]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for res in results:
+        base = next((r for r in res["backends"] if r["backend"] == "torch"), None)
+        for r in res["backends"]:
+            peaks = "/".join(f"{r[s]['peak_mib']:.0f}" if isinstance(r.get(s), dict) else "-" for s in STAGES)
+            speed = mem = "-"
+            if base and isinstance(base.get("forward"), dict) and isinstance(r.get("forward"), dict):
+                speed = f"{base['forward']['p50_ms'] / r['forward']['p50_ms']:.2f}x"
+                mem = f"{r['forward']['peak_mib'] / base['forward']['peak_mib']:.2f}x"
+            lines.append(f"| {res['name']} {res['width']}x{res['height']} | {r['backend']} | {fmt_stage(r.get('forward'))} | "
+                         f"{fmt_stage(r.get('compress'))} | {fmt_stage(r.get('decompress'))} | {peaks} | {speed} | {mem} |")
+    lines += ["", "Breakdown of one forward (ms per module; % of time per op):", ""]
+    for res in results:
+        for r in res["backends"]:
+            if "modules_ms" in r:
+                mods = ", ".join(f"{k} {v:.1f}" for k, v in r["modules_ms"].items())
+                ops = ", ".join(f"{k} {v:.0f}%" for k, v in r.get("ops_pct", {}).items())
+                lines.append(f"- {res['name']} {r['backend']}: {mods}; {ops}")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    backends = sorted({r["backend"] for res in results for r in res["backends"]})
+    for b in backends:
+        px, t, m = [], [], []
+        for res in results:
+            r = next((r for r in res["backends"] if r["backend"] == b), None)
+            if r and isinstance(r.get("forward"), dict):
+                px.append(res["width"] * res["height"] / 1e6)
+                t.append(r["forward"]["p50_ms"])
+                m.append(r["forward"]["peak_mib"] / 1024)
+        ax_t.plot(px, t, "o-", label=b)
+        ax_m.plot(px, m, "o-", label=b)
+    ax_t.set(xlabel="megapixels", ylabel="forward latency (ms)", title="latency", yscale="log")
+    ax_m.set(xlabel="megapixels", ylabel="peak memory (GiB)", title="peak memory (forward)")
+    for ax in (ax_t, ax_m):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--res", nargs="+", type=parse_resolution, default=[parse_resolution("2K")],
+                        help="kodak (768x512), 1080p, 2K (2048x1536), 4K (3840x2160) or WxH; several at once")
+    parser.add_argument("--backend", nargs="+", default=None,
+                        help="backends to compare (default: every available one, plus vmamba when importable)")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="forward precision (autocast); coding stays fp32")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs per stage (default: 2 on GPU, 1 on CPU)")
+    parser.add_argument("--iters", type=int, default=None, help="timed runs per stage (default: 10 on GPU, 3 on CPU)")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", metavar="OUT.json")
+    parser.add_argument("--plot", metavar="OUT.png")
+    parser.add_argument("--config", default=None,
+                        help="model size as N,M,d0,d1,d2,d3 (default: the official 128,320,2,2,9,2); for quick tests")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import mambaic
+    from mambaic_kernels import _backend
+
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible; use --device cpu")
+    if device == "cpu":
+        print("No GPU: timing the CPU with wall-clock time, memory as peak RSS (VmHWM).", file=sys.stderr)
+    args.warmup = args.warmup if args.warmup is not None else (2 if device == "cuda" else 1)
+    args.iters = args.iters if args.iters is not None else (10 if device == "cuda" else 3)
+    if args.batch < 1 or args.iters < 1 or args.warmup < 0:
+        parser.error("--batch and --iters must be >= 1 and --warmup >= 0")
+
+    meta = dict(device=device, dtype=torch.float32, d_state=16, window=8, head_dim=16)
+    known = list(_backend.BACKENDS)
+    if args.backend:
+        for b in args.backend:
+            if b not in known:
+                parser.error(f"--backend: {b!r} is not a backend; choose from {', '.join(known)}")
+            reason = next((r for op in _backend.OPS if (r := _backend.why_unavailable(op, b, **meta))), None)
+            if reason:
+                parser.error(f"--backend {b}: {reason}")
+        backends = args.backend
+    else:
+        backends = [b for b in known if all(_backend.why_unavailable(op, b, **meta) is None for op in _backend.OPS)]
+        skipped = {b: next(r for op in _backend.OPS if (r := _backend.why_unavailable(op, b, **meta)))
+                   for b in known if b not in backends}
+        for b, r in skipped.items():
+            print(f"backend {b}: unavailable ({r})", file=sys.stderr)
+
+    torch.manual_seed(args.seed)
+    if args.config:
+        N, M, *depths = (int(v) for v in args.config.split(","))
+        model = mambaic.MambaIC(N=N, M=M, depths=tuple(depths))
+    else:
+        model = mambaic.MambaIC()
+    model = model.to(device).eval()
+    model.update(force=True)
+
+    from tqdm import tqdm
+
+    header = {**machine(device), "dtype": args.dtype, "batch": args.batch, "warmup": args.warmup, "iters": args.iters,
+              "command": " ".join(["python bench/latency.py"] + (argv if argv is not None else sys.argv[1:]))}
+    results = []
+    total = len(args.res) * len(backends) * len(STAGES)
+    with tqdm(total=total, desc="latency", unit="stage", file=sys.stderr) as bar:
+        args.progress = bar.update
+        for name, width, height in args.res:
+            H, W = padded(height), padded(width)
+            bar.set_postfix_str(f"{name} {W}x{H}")
+            res = {"name": name, "width": width, "height": height, "padded": [W, H], "backends": []}
+            try:
+                x = torch.rand(args.batch, 3, H, W, device=device)
+            except torch.cuda.OutOfMemoryError:
+                res["backends"] = [{"backend": b, **{s: "OOM" for s in STAGES}} for b in backends]
+                bar.update(len(backends) * len(STAGES))
+                results.append(res)
+                continue
+            for backend in backends:
+                bar.set_postfix_str(f"{name} {W}x{H} {backend}")
+                res["backends"].append(run_one(model, x, backend, args, Clock(device)))
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+            del x
+            results.append(res)
+
+    print(table(results, header))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": header, "results": results}, indent=1))
+    if args.plot:
+        plot(results, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
