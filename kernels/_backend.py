@@ -26,11 +26,12 @@ import torch
 log = logging.getLogger("mambaic_kernels")
 
 ENV_VAR = "MAMBAIC_BACKEND"
-# `vmamba` is the optional baseline of VMamba's own CUDA scan (kernels/vmamba.py): never picked by auto.
-BACKENDS = ("torch", "triton", "cuda", "vmamba")
+# `cpu` is C++ for CPU tensors, compiled on first use (kernels/cpu/); `vmamba` is the optional
+# baseline of VMamba's own CUDA scan (kernels/vmamba.py), never picked by auto.
+BACKENDS = ("torch", "triton", "cuda", "cpu", "vmamba")
 CHOICES = BACKENDS + ("auto",)
 # Fastest first: `auto` walks this list and takes the first backend that accepts the call.
-AUTO_ORDER = ("cuda", "triton", "torch")
+AUTO_ORDER = ("cuda", "triton", "cpu", "torch")
 OPS = ("cross_scan", "cross_merge", "selective_scan", "window_attention")
 
 # The module that registers each backend's implementations when imported.
@@ -38,6 +39,7 @@ _BACKEND_MODULES = {
     "torch": "mambaic_kernels.pytorch",
     "triton": "mambaic_kernels.triton",
     "cuda": "mambaic_kernels.cuda",
+    "cpu": "mambaic_kernels.cpu",
     "vmamba": "mambaic_kernels.vmamba",
 }
 

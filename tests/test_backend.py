@@ -9,7 +9,7 @@ from mambaic_kernels import _backend
 
 def test_unknown_backend_lists_choices(monkeypatch):
     monkeypatch.setenv("MAMBAIC_BACKEND", "nonsense")
-    with pytest.raises(ValueError, match=r"MAMBAIC_BACKEND='nonsense' is not a backend; choose one of torch\|triton\|cuda\|vmamba\|auto"):
+    with pytest.raises(ValueError, match=r"MAMBAIC_BACKEND='nonsense' is not a backend; choose one of torch\|triton\|cuda\|cpu\|vmamba\|auto"):
         mk.cross_scan(torch.randn(1, 2, 3, 4))
     with pytest.raises(ValueError, match="use_backend: 'fast' is not a backend"):
         with mk.use_backend("fast"):
@@ -24,7 +24,7 @@ def test_cuda_on_cpu_machine_says_why(monkeypatch):
                           torch.randn(1, 4, 2, 5), torch.randn(1, 4, 2, 5))
     msg = str(info.value)
     assert "MAMBAIC_BACKEND=cuda" in msg and "not built" in msg and "MAMBAIC_BUILD_CUDA=1" in msg
-    assert "backends available for this selective_scan call: torch" in msg
+    assert "backends available for this selective_scan call: torch" in msg  # (and cpu when it compiles)
 
 
 def test_variable_is_read_at_call_time(monkeypatch):
@@ -46,8 +46,8 @@ def test_use_backend_overrides_variable(monkeypatch):
 def test_auto_picks_an_available_backend(monkeypatch):
     monkeypatch.delenv("MAMBAIC_BACKEND", raising=False)
     x = torch.randn(1, 2, 3, 4)
-    fn = _backend.resolve("cross_scan", device="cpu", dtype=torch.float64)
-    assert fn is _backend._registry["cross_scan"]["torch"].fn  # only torch takes float64 on CPU
+    fn = _backend.resolve("selective_scan", device="cpu", dtype=torch.float64, d_state=4)
+    assert fn is _backend._registry["selective_scan"]["torch"].fn  # only torch takes float64 on CPU
     assert mk.cross_scan(x).shape == (1, 4, 2, 12)
 
 

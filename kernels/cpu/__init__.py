@@ -1,0 +1,59 @@
+"""The `cpu` backend: a C++ selective scan for CPU tensors, compiled on first use.
+
+The scan is the one op that plain PyTorch can't make fast on a CPU (one memory pass per step of
+a recurrence); cross-scan/merge and window attention are memory-bound copies and SDPA, for which
+this backend uses the `torch` implementations. The extension is compiled with the machine's C++
+compiler the first time the backend loads (about a minute; cached by PyTorch in
+``$TORCH_EXTENSIONS_DIR``), for that machine's vector instructions (-march=native). A missing
+compiler makes the backend unavailable, with the compiler's error as the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import _backend
+from ..pytorch import cross_merge, cross_scan, window_attention
+
+
+def _build():
+    import logging
+
+    # cpp_extension warns at import that no CUDA runtime exists on CPU machines: true, and irrelevant
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    src = Path(__file__).parent / "csrc" / "selective_scan.cpp"
+    try:
+        return cpp_extension.load(
+            name="mambaic_cpu_selective_scan",
+            sources=[str(src)],
+            extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as exc:  # the compiler's message is the reason users see
+        first = next((line for line in str(exc).splitlines() if "error" in line.lower()), str(exc).splitlines()[0])
+        raise ImportError(f"the C++ CPU kernels failed to compile: {first}") from exc
+
+
+_ext = _build()
+
+from .selective_scan import make_selective_scan  # noqa: E402
+
+selective_scan = make_selective_scan(_ext)
+
+
+def _supports(device, dtype, **meta):
+    if device != "cpu":
+        return f"the cpu backend takes CPU tensors, got {device} tensors"
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"the cpu backend takes float32, float16 and bfloat16, got {dtype}"
+    return None
+
+
+for _op, _fn in (("cross_scan", cross_scan), ("cross_merge", cross_merge),
+                 ("selective_scan", selective_scan), ("window_attention", window_attention)):
+    _backend.register(_op, "cpu", _fn, _supports)
