@@ -30,8 +30,10 @@ ENV_VAR = "MAMBAIC_BACKEND"
 # baseline of VMamba's own CUDA scan (kernels/vmamba.py), never picked by auto.
 BACKENDS = ("torch", "triton", "cuda", "cpu", "vmamba")
 CHOICES = BACKENDS + ("auto",)
-# Fastest first: `auto` walks this list and takes the first backend that accepts the call.
-AUTO_ORDER = ("cuda", "triton", "cpu", "torch")
+# Fastest first, per device type: `auto` takes the first backend that accepts the call. Triton on
+# CPU tensors is its interpreter (for tests), never the fastest, so auto does not pick it there.
+AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+AUTO_FALLBACK = ("torch",)  # other devices (mps, xpu...): plain PyTorch
 OPS = ("cross_scan", "cross_merge", "selective_scan", "window_attention")
 
 # The module that registers each backend's implementations when imported.
@@ -149,7 +151,7 @@ def _resolve(op: str, **meta) -> Callable:
             )
         return _registry[op][name].fn
     rejected = {}
-    for candidate in AUTO_ORDER:
+    for candidate in AUTO_ORDER.get(meta.get("device"), AUTO_FALLBACK):
         reason = why_unavailable(op, candidate, **meta)
         if reason is None:
             key = (op, candidate, tuple(sorted(meta.items())))
