@@ -21,8 +21,9 @@ CASES = [
     pytest.param((2, 4, 2, 7, 130), id="B2-K4-G2-N7-L130"),
 ]
 if DEVICE == "cuda" and not INTERPRETED:
-    CASES += [pytest.param((2, 4, 96, 16, 4099), id="B2-K4-G96-N16-L4099"),
-              pytest.param((1, 4, 512, 16, 24576), id="B1-K4-G512-N16-L24576")]
+    # the float64 reference steps through L in Python and autograd keeps every step: L ~ 2000 is
+    # already long enough to cross many chunks of any kernel
+    CASES += [pytest.param((2, 4, 24, 16, 2053), id="B2-K4-G24-N16-L2053")]
 
 FLAGS = [
     pytest.param(dict(softplus=True, D=True, bias=True), id="softplus-D-bias"),
