@@ -209,12 +209,20 @@ def run_one(model, x, backend: str, args, clock: Clock) -> dict:
 
         for stage, fn in zip(STAGES, (forward, compress, decompress)):
             try:
-                for _ in range(args.warmup):
-                    fn()
                 clock.sync()
                 clock.reset_peak()
-                times = [clock.time_ms(fn) for _ in range(args.iters)]
-                record[stage] = {**spread(times), "peak_mib": clock.peak_mib()}
+                first = clock.time_ms(fn)  # also the first warm-up: compiles and autotunes
+                peak = clock.peak_mib()
+                if first > args.stage_budget * 1e3:
+                    times = [first]  # a slow backend: one run is the measurement
+                else:
+                    for _ in range(max(args.warmup - 1, 0)):
+                        fn()
+                    clock.sync()
+                    clock.reset_peak()
+                    times = [clock.time_ms(fn) for _ in range(args.iters)]
+                    peak = clock.peak_mib()
+                record[stage] = {**spread(times), "peak_mib": peak}
             except torch.cuda.OutOfMemoryError:
                 record[stage] = "OOM"
                 strings = None
@@ -328,6 +336,10 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=None,
                         help="model size as N,M,d0,d1,d2,d3 (default: the official 128,320,2,2,9,2); for quick tests")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stage-budget", type=float, default=20.0, metavar="S",
+                        help="a stage whose first run takes longer than S seconds is timed by that run alone")
+    parser.add_argument("--max-seconds", type=float, default=60.0, metavar="S",
+                        help="skip larger resolutions for a backend whose forward took longer than S seconds")
     args = parser.parse_args(argv)
 
     import mambaic
@@ -374,6 +386,8 @@ def main(argv=None) -> int:
     header = {**machine(device), "dtype": args.dtype, "batch": args.batch, "warmup": args.warmup, "iters": args.iters,
               "command": " ".join(["python bench/latency.py"] + (argv if argv is not None else sys.argv[1:]))}
     results = []
+    too_slow = {}  # backend -> why larger resolutions are skipped
+    args.res = sorted(args.res, key=lambda r: r[1] * r[2])  # small first, so a slow backend stops early
     total = len(args.res) * len(backends) * len(STAGES)
     with tqdm(total=total, desc="latency", unit="stage", file=sys.stderr) as bar:
         args.progress = bar.update
@@ -390,7 +404,15 @@ def main(argv=None) -> int:
                 continue
             for backend in backends:
                 bar.set_postfix_str(f"{name} {W}x{H} {backend}")
-                res["backends"].append(run_one(model, x, backend, args, Clock(device)))
+                if backend in too_slow:
+                    res["backends"].append({"backend": backend, **{s: f"skipped ({too_slow[backend]})" for s in STAGES}})
+                    bar.update(len(STAGES))
+                    continue
+                rec = run_one(model, x, backend, args, Clock(device))
+                res["backends"].append(rec)
+                fwd = rec.get("forward")
+                if isinstance(fwd, dict) and fwd["p50_ms"] > args.max_seconds * 1e3:
+                    too_slow[backend] = f"forward took {fwd['p50_ms'] / 1e3:.0f} s at {name}"
                 if device == "cuda":
                     torch.cuda.empty_cache()
             del x
