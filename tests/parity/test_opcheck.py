@@ -1,0 +1,39 @@
+"""torch.library.opcheck on every custom op a backend registers (schema, fake kernel, autograd)."""
+
+import pytest
+import torch
+
+from mambaic_kernels import _backend
+
+from .conftest import DEVICE, INTERPRETED
+
+# Under Triton's interpreter the launch can't be captured by AOT dispatch (it runs eagerly on the
+# fake tensors' absent storage), so that check runs on the GPU only.
+UTILS = ("test_schema", "test_autograd_registration", "test_faketensor") + (() if INTERPRETED else ("test_aot_dispatch_dynamic",))
+
+
+def _samples(dtype=torch.float32):
+    f = dict(device=DEVICE, dtype=dtype)
+    g = lambda *s: torch.randn(*s, **f).requires_grad_()  # noqa: E731
+    return {
+        "cross_scan_fwd_triton": (g(2, 3, 5, 7), False),
+        "cross_merge_fwd_triton": (g(2, 4, 3, 5, 7), True),
+        "window_attention_fwd_triton": (g(2, 8, 16, 96), g(2, 15, 15), 2, 8, True),
+        "selective_scan_fwd_triton": (g(2, 8, 37), torch.rand(2, 8, 37, **f).requires_grad_(),
+                                      (-torch.rand(8, 16, device=DEVICE) - 0.1).requires_grad_(),
+                                      g(2, 4, 16, 37), g(2, 4, 16, 37),
+                                      torch.randn(8, device=DEVICE).requires_grad_(),
+                                      torch.randn(8, device=DEVICE).requires_grad_(), True, True),
+    }
+
+
+TRITON_OPS = ["cross_scan_fwd_triton", "cross_merge_fwd_triton", "window_attention_fwd_triton", "selective_scan_fwd_triton"]
+
+
+@pytest.mark.parametrize("name", TRITON_OPS)
+def test_opcheck_triton(name):
+    reason = _backend._load("triton")
+    if reason is not None:
+        pytest.skip(f"triton backend unavailable: {reason}")
+    op = getattr(torch.ops.mambaic, name)
+    torch.library.opcheck(op, _samples()[name], test_utils=UTILS)
