@@ -30,6 +30,25 @@ def cuda_event_times(fn, warmup: int = 5, iters: int = 50, budget_s: float = 5.0
     return times
 
 
+def cuda_graph_times(fn, iters: int = 20, budget_s: float = 2.0) -> list[float] | None:
+    """Milliseconds per replay of ``fn`` captured in a CUDA graph: GPU time without launch cost.
+
+    None when ``fn`` can't be captured (host syncs, allocations the graph pool can't serve).
+    """
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn()  # warm the caching allocator on the side stream, as torch.cuda.graphs advises
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+    except RuntimeError:
+        return None
+    return cuda_event_times(graph.replay, warmup=2, iters=iters, budget_s=budget_s)
+
+
 def quantiles(times: list[float]) -> dict:
     q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
     return {"p20_ms": q[1], "p50_ms": statistics.median(times), "p80_ms": q[7], "runs": len(times)}
