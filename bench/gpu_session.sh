@@ -12,7 +12,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 python3 -m mambaic info | tee -a "$OUT/gpu.txt"
 for step in $steps; do
   case $step in
-    parity) timeout 400 python3 -m pytest tests/parity -q -x -p no:cacheprovider 2>&1 | tail -40 | tee "$OUT/parity.txt" ;;
+    parity) timeout 400 python3 -m pytest tests/parity -q -p no:cacheprovider 2>&1 | tail -40 | tee "$OUT/parity.txt" ;;
     kernels) timeout 400 python3 -m pytest bench/kernels --benchmark-only -q -p no:cacheprovider \
                --benchmark-json="$OUT/kernels-benchmark.json" 2>&1 | tail -40 | tee "$OUT/kernels.txt" ;;
     latency) timeout 500 python3 bench/latency.py --res ${LATENCY_RES:-kodak 1080p 2K 4K} \

@@ -61,6 +61,8 @@ launching through ``wrap_triton`` (so torch.compile sees the kernels), with
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -573,9 +575,10 @@ def _n_tiles(L: int) -> int:
 
 def _tracing(t: torch.Tensor) -> bool:
     # Under FakeTensor tracing (torch.compile, opcheck, the triton_op's generated fake kernel),
-    # wrap_triton skips the launch of a compiled kernel, but not of the interpreter's
-    # InterpretedFunction (TRITON_INTERPRET=1), which would try to copy fake storages: skip it here.
-    return torch._subclasses.fake_tensor.is_fake(t)
+    # wrap_triton records the launch of a compiled kernel into the graph, but the interpreter's
+    # InterpretedFunction (TRITON_INTERPRET=1) would run and try to copy fake storages: skip the
+    # launch there only. On a GPU the launch must stay, or a traced graph would contain no kernel.
+    return os.environ.get("TRITON_INTERPRET") == "1" and torch._subclasses.fake_tensor.is_fake(t)
 
 
 def _opt(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
