@@ -417,6 +417,8 @@ def main(argv=None) -> int:
                     torch.cuda.empty_cache()
             del x
             results.append(res)
+            if args.json:  # after every resolution, so a run cut short keeps what it measured
+                Path(args.json).write_text(json.dumps({"machine": header, "results": results}, indent=1))
 
     print(table(results, header))
     if args.json:
