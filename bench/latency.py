@@ -236,7 +236,12 @@ def run_one(model, x, backend: str, args, clock: Clock) -> dict:
             try:
                 with autocast:
                     record["modules_ms"] = module_breakdown(model, x, clock)
-                    record["ops_pct"] = op_breakdown(model, x, x.device.type)
+                    # the profiler costs ~10 us per kernel it records: a backend that launches
+                    # hundreds of thousands of tiny kernels (torch's scan on a GPU) is not profiled
+                    if record["forward"]["p50_ms"] <= args.profile_limit * 1e3:
+                        record["ops_pct"] = op_breakdown(model, x, x.device.type)
+                    else:
+                        record["ops_pct"] = f"skipped (forward over --profile-limit {args.profile_limit:g} s)"
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
     return record
@@ -285,7 +290,8 @@ def table(results: list[dict], header: dict) -> str:
         for r in res["backends"]:
             if "modules_ms" in r:
                 mods = ", ".join(f"{k} {v:.1f}" for k, v in r["modules_ms"].items())
-                ops = ", ".join(f"{k} {v:.0f}%" for k, v in r.get("ops_pct", {}).items())
+                pct = r.get("ops_pct", {})
+                ops = ", ".join(f"{k} {v:.0f}%" for k, v in pct.items()) if isinstance(pct, dict) else f"ops {pct}"
                 lines.append(f"- {res['name']} {r['backend']}: {mods}; {ops}")
     return "\n".join(lines)
 
@@ -338,6 +344,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stage-budget", type=float, default=20.0, metavar="S",
                         help="a stage whose first run takes longer than S seconds is timed by that run alone")
+    parser.add_argument("--profile-limit", type=float, default=None, metavar="S",
+                        help="profile the op breakdown only when a forward takes at most S seconds "
+                             "(default: 3 on a GPU, no limit on CPU)")
     parser.add_argument("--max-seconds", type=float, default=60.0, metavar="S",
                         help="skip larger resolutions for a backend whose forward took longer than S seconds")
     args = parser.parse_args(argv)
@@ -352,6 +361,8 @@ def main(argv=None) -> int:
         print("No GPU: timing the CPU with wall-clock time, memory as peak RSS (VmHWM).", file=sys.stderr)
     args.warmup = args.warmup if args.warmup is not None else (2 if device == "cuda" else 1)
     args.iters = args.iters if args.iters is not None else (10 if device == "cuda" else 3)
+    if args.profile_limit is None:
+        args.profile_limit = 3.0 if device == "cuda" else float("inf")
     if args.batch < 1 or args.iters < 1 or args.warmup < 0:
         parser.error("--batch and --iters must be >= 1 and --warmup >= 0")
 
