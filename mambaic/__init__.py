@@ -1,3 +1,16 @@
 """MambaIC (CVPR 2025) on the mambaic_kernels operator layer: model, codec and command line."""
 
 __version__ = "0.1.0"
+
+import warnings  # noqa: E402
+
+with warnings.catch_warnings():
+    # CompressAI 1.2.8 calls torch.jit.script at import, which recent torch deprecates with a
+    # FutureWarning; keep `import mambaic` silent (the style guide: nothing warns at import).
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+    import compressai.entropy_models  # noqa: F401
+
+from mambaic.checkpoint import load_checkpoint, random_model  # noqa: E402
+from mambaic.models import MambaIC  # noqa: E402
+
+__all__ = ["MambaIC", "__version__", "load_checkpoint", "random_model"]

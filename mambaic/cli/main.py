@@ -7,6 +7,8 @@ import sys
 
 COMMANDS = {
     "info": "versions, GPU and which kernel backends are available",
+    "compress": "encode an image into a .mic file",
+    "decompress": "decode a .mic file into a PNG",
 }
 
 

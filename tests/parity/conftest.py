@@ -5,12 +5,7 @@ import os
 import pytest
 import torch
 
-# On a machine without a GPU the Triton kernels run in Triton's interpreter on CPU tensors. The
-# variable must be set before the kernels are decorated, i.e. before mambaic_kernels.triton loads.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from mambaic_kernels import _backend  # noqa: E402
+from mambaic_kernels import _backend  # noqa: E402  (tests/conftest.py set TRITON_INTERPRET first)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Triton's interpreter runs every program instance in Python: keep its shapes tiny.

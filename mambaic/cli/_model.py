@@ -1,0 +1,65 @@
+"""Model options shared by `mambaic compress` and `mambaic decompress`."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from mambaic.checkpoint import load_checkpoint, random_model
+
+
+class UserError(Exception):
+    """A mistake in the command line or its files: printed as `Error: ...`, no traceback."""
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="CKPT", help="official or mambaic checkpoint (.pth.tar)")
+    source.add_argument(
+        "--random-init", action="store_true", help="random weights from --seed (demos and tests; no real compression)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --random-init (default 0)")
+    small = parser.add_argument_group("model size for --random-init (defaults: the official model)")
+    small.add_argument("--N", type=int, help="transform width / 2 (default 128)")
+    small.add_argument("--M", type=int, help="latent channels (default 320)")
+    small.add_argument("--depths", type=_depths, help="VSS blocks per stage, e.g. 2,2,9,2")
+    small.add_argument("--num-slices", type=int, help="channel slices (default 5)")
+    small.add_argument("--z-channels", type=int, help="hyper-latent channels (default 192)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default cpu)")
+
+
+def _depths(text: str) -> tuple[int, ...]:
+    try:
+        depths = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 4 comma-separated ints like 2,2,9,2, got {text!r}") from None
+    if len(depths) != 4:
+        raise argparse.ArgumentTypeError(f"must be 4 comma-separated ints like 2,2,9,2, got {text!r}")
+    return depths
+
+
+def size_options(args: argparse.Namespace) -> dict:
+    """The model-size options given on the command line, as MambaIC keyword arguments."""
+    names = {"N": "N", "M": "M", "depths": "depths", "num_slices": "num_slices", "z_channels": "z_channels"}
+    return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
+
+
+def build_model(args: argparse.Namespace, defaults: dict | None = None):
+    """The model the options ask for, on ``args.device``; ``defaults`` fill unset size options."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but torch.cuda.is_available() is False; use --device cpu")
+    sizes = size_options(args)
+    if args.checkpoint:
+        if sizes:
+            raise UserError(f"--{'/--'.join(sizes)} only apply to --random-init (a checkpoint fixes the model size)")
+        try:
+            model = load_checkpoint(args.checkpoint)
+        except (ValueError, FileNotFoundError) as exc:
+            raise UserError(str(exc)) from None
+    else:
+        try:
+            model = random_model(args.seed, **{**(defaults or {}), **sizes})
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    return model.to(args.device)

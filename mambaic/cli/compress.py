@@ -1,0 +1,76 @@
+"""`mambaic compress IN.png OUT.mic --checkpoint CKPT`: encode an image into a .mic file.
+
+Any size (the image is padded to a multiple of 128 and cropped back by the decoder); RGB,
+grayscale (converted) and RGBA (alpha dropped with a warning); 16-bit images are refused.
+Prints the size, bits per pixel over the original pixels, and the times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+
+from ._model import UserError, add_model_arguments, build_model
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def run(args: argparse.Namespace) -> None:
+    from mambaic.codec import encode_image, weights_fingerprint
+    from mambaic.image import ImageError, read_image, write_atomic
+    from mambaic_kernels import BackendUnavailableError
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            x = read_image(args.input)
+        for w in caught:
+            print(f"Warning: {w.message}", file=sys.stderr)
+    except (ImageError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+
+    t0 = time.perf_counter()
+    model = build_model(args)
+    model.update()
+    fingerprint = weights_fingerprint(model)
+    _sync(args.device)
+    t1 = time.perf_counter()
+    try:
+        encoded = encode_image(model, x, fingerprint)
+    except BackendUnavailableError as exc:
+        raise UserError(str(exc)) from None
+    _sync(args.device)
+    t2 = time.perf_counter()
+    try:
+        write_atomic(args.output, encoded.data)
+    except OSError as exc:
+        raise UserError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
+
+    mic = encoded.mic
+    padded = ""
+    if mic.pad_bottom or mic.pad_right:
+        padded = f" (coded as {mic.width + mic.pad_right}x{mic.height + mic.pad_bottom})"
+    print(f"{args.input}: {mic.width}x{mic.height}{padded} -> {args.output}: {len(encoded.data)} bytes")
+    print(f"bpp: {encoded.bits_per_pixel():.4f} (strings only: {encoded.bits_per_pixel(whole_file=False):.4f})")
+    print(f"time: model {t1 - t0:.2f} s, encode {t2 - t1:.2f} s on {args.device}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mambaic compress", description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="image file (PNG, JPEG, ... read with PIL)")
+    parser.add_argument("output", help="the .mic file to write (atomically)")
+    add_model_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except UserError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    return 0

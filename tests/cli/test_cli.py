@@ -1,0 +1,133 @@
+"""`mambaic compress` / `mambaic decompress` through main(argv): files on disk, messages, exit codes."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+import mambaic
+from mambaic.cli import compress, decompress
+from mambaic.codec import decode_image
+from mambaic.image import to_uint8
+from mambaic.cli.main import main as mambaic_main
+
+TINY_ARGS = ["--random-init", "--seed", "3", "--N", "8", "--M", "20", "--depths", "1,1,1,1", "--z-channels", "8"]
+
+
+def png16(path, array: np.ndarray) -> None:
+    """Write a 16-bit PNG (PIL cannot write 16-bit RGB): grayscale for 2-D, RGB for 3-D arrays."""
+    h, w = array.shape[:2]
+    rows = b"".join(b"\x00" + array[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    colour = 0 if array.ndim == 2 else 2
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+
+
+@pytest.fixture(scope="module")
+def photo_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "coffee.png"
+    Image.fromarray(data.coffee()[50:111, 300:377]).save(path)  # 77x61, odd sizes
+    return path
+
+
+def run(capsys, command, argv):
+    code = command.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def test_round_trip(tmp_path, capsys, photo_png):
+    mic, png = tmp_path / "c.mic", tmp_path / "c.png"
+    code, out, err = run(capsys, compress, [photo_png, mic, *TINY_ARGS])
+    assert code == 0, err
+    assert "77x61 (coded as 128x128)" in out and "bpp: " in out and "encode" in out
+    # the decoder takes the model size from the file; only the seed is needed
+    code, out, err = run(capsys, decompress, [mic, png, "--random-init", "--seed", "3"])
+    assert code == 0, err
+    with Image.open(png) as im:
+        assert (im.size, im.mode) == ((77, 61), "RGB")
+        decoded = np.asarray(im)
+    # the PNG holds exactly the codec's reconstruction, rounded to 8 bits
+    model = mambaic.random_model(3, N=8, M=20, depths=(1, 1, 1, 1), z_channels=8)
+    x_hat, _ = decode_image(model, mic.read_bytes())
+    assert np.array_equal(decoded, to_uint8(x_hat))
+
+
+@pytest.mark.parametrize("mode, warns", [("L", False), ("RGBA", True), ("P", False)])
+def test_image_modes(tmp_path, capsys, photo_png, mode, warns):
+    path = tmp_path / f"in_{mode}.png"
+    Image.open(photo_png).convert(mode).save(path)
+    code, out, err = run(capsys, compress, [path, tmp_path / "o.mic", *TINY_ARGS])
+    assert code == 0, err
+    assert ("dropping the alpha channel" in err) == warns
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: png16(p, np.full((5, 7), 40000)), "I;16 images (more than 8 bits per sample) are not supported"),
+        (lambda p: png16(p, np.full((5, 7, 3), 40000)), "RGB;16B images (more than 8 bits per sample)"),
+        (lambda p: p.write_text("hello"), "not a readable image"),
+        (lambda p: None, "no such file"),
+    ],
+    ids=["gray16", "rgb16", "text", "missing"],
+)
+def test_refused_inputs(tmp_path, capsys, make, message):
+    src = tmp_path / "in.png"
+    make(src)
+    code, out, err = run(capsys, compress, [src, tmp_path / "o.mic", *TINY_ARGS])
+    assert code == 1 and err.startswith("Error: ") and message in err, err
+    assert not (tmp_path / "o.mic").exists()
+
+
+def test_decoder_errors(tmp_path, capsys, photo_png):
+    mic = tmp_path / "c.mic"
+    assert run(capsys, compress, [photo_png, mic, *TINY_ARGS])[0] == 0
+    blob = bytearray(mic.read_bytes())
+    blob[-3] ^= 0xFF
+    bad = tmp_path / "bad.mic"
+    bad.write_bytes(bytes(blob))
+    code, _, err = run(capsys, decompress, [bad, tmp_path / "o.png", "--random-init", "--seed", "3"])
+    assert code == 1 and f"Error: {bad}: payload_crc32 at byte 72" in err, err
+
+    code, _, err = run(capsys, decompress, [mic, tmp_path / "o.png", "--random-init", "--seed", "4"])
+    assert code == 1 and "encoded with other model weights" in err, err
+
+    code, _, err = run(capsys, decompress, [photo_png, tmp_path / "o.png", "--random-init"])
+    assert code == 1 and "magic at byte 0" in err and "not a .mic file" in err, err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_option_errors(tmp_path, capsys, photo_png):
+    code, _, err = run(capsys, compress, [photo_png, tmp_path / "o.mic", "--checkpoint", tmp_path / "none.pth.tar"])
+    assert code == 1 and "none.pth.tar: no such file" in err
+    code, _, err = run(capsys, compress, [photo_png, tmp_path / "o.mic", "--checkpoint", photo_png, "--N", "8"])
+    assert code == 1 and "only apply to --random-init" in err
+    code, _, err = run(capsys, compress, [photo_png, tmp_path / "o.mic", "--random-init", "--N", "8", "--M", "21"])
+    assert code == 1 and "M must be a multiple of num_slices" in err
+    with pytest.raises(SystemExit):
+        compress.main([str(photo_png), str(tmp_path / "o.mic"), "--random-init", "--depths", "2,2"])
+
+
+def test_cuda_refused_without_gpu(tmp_path, capsys, photo_png):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code, _, err = run(capsys, compress, [photo_png, tmp_path / "o.mic", *TINY_ARGS, "--device", "cuda"])
+    assert code == 1 and "--device cuda, but torch.cuda.is_available() is False" in err
+
+
+def test_commands_are_registered(capsys):
+    assert mambaic_main([]) == 2
+    out = capsys.readouterr().out
+    assert "compress" in out and "decompress" in out

@@ -1,0 +1,110 @@
+"""MambaIC's forward contract, its input checks, the checkerboard, and the operator routing."""
+
+import pytest
+import torch
+
+import mambaic
+import mambaic_kernels
+from mambaic.layers import CheckerboardMaskedConv2d
+from mambaic.models import checkerboard as cb
+
+from .conftest import TINY
+
+
+def test_forward_contract_and_training_step(tiny):
+    x = torch.rand(1, 3, 128, 256)
+    tiny.train()
+    try:
+        out = tiny(x)
+        assert out["x_hat"].shape == x.shape
+        assert out["likelihoods"]["y"].shape == (1, TINY["M"], 8, 16)
+        assert out["likelihoods"]["z"].shape == (1, TINY["z_channels"], 2, 4)
+        for name, lik in out["likelihoods"].items():
+            assert ((lik > 0) & (lik <= 1)).all(), name
+        loss = (out["x_hat"] - x).square().mean() - sum(l.log2().mean() for l in out["likelihoods"].values())
+        loss.backward()
+        grads = [p.grad for p in tiny.g_a.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert isinstance(tiny.aux_loss(), torch.Tensor)
+    finally:
+        tiny.zero_grad(set_to_none=True)
+        tiny.eval()
+
+
+def test_eval_forward_is_deterministic(tiny):
+    x = torch.rand(1, 3, 128, 128)  # latent of one 8x8 window: the official code fails here
+    with torch.no_grad():
+        a, b = tiny(x), tiny(x)
+    assert torch.equal(a["x_hat"], b["x_hat"])
+    assert torch.equal(a["likelihoods"]["y"], b["likelihoods"]["y"])
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 100, 128), (1, 3, 128, 130), (1, 1, 128, 128), (3, 128, 128)])
+def test_forward_refuses_unpadded_input(tiny, shape):
+    with pytest.raises(ValueError, match=r"MambaIC.forward: x"):
+        tiny(torch.rand(shape))
+
+
+def test_every_scan_and_attention_goes_through_the_ops(tiny, monkeypatch):
+    """MAMBAIC_BACKEND switches every SS2D core and window attention: count the op calls."""
+    calls = {name: 0 for name in ("cross_scan", "selective_scan", "cross_merge", "window_attention")}
+    for name in calls:
+        op = getattr(mambaic_kernels, name)
+
+        def counted(*args, _op=op, _name=name, **kwargs):
+            calls[_name] += 1
+            return _op(*args, **kwargs)
+
+        monkeypatch.setattr(mambaic_kernels, name, counted)
+    with torch.no_grad():
+        tiny(torch.rand(1, 3, 128, 128))
+    S = tiny.num_slices
+    d0, d1, d2, d3 = TINY["depths"]
+    vss_runs = 2 * (d0 + d1 + d2) + 3 * d3 + 2 * 2 * S  # g_a + g_s, h_a + 2 h_s, context (2 blocks, 2 passes)
+    swatten_runs = (2 * S - 1) + 2 * 2 * S  # atten_mean/scale (scale skipped for slice 0), anchor x2 passes
+    assert calls == {
+        "cross_scan": vss_runs,
+        "selective_scan": vss_runs,
+        "cross_merge": vss_runs,
+        "window_attention": 2 * swatten_runs,
+    }
+
+
+def test_backend_choice_reaches_the_model(tiny, monkeypatch):
+    monkeypatch.setenv("MAMBAIC_BACKEND", "no-such-backend")
+    with pytest.raises(ValueError, match="MAMBAIC_BACKEND='no-such-backend' is not a backend"):
+        tiny(torch.rand(1, 3, 128, 128))
+    monkeypatch.setenv("MAMBAIC_BACKEND", "torch")
+    with torch.no_grad():
+        tiny(torch.rand(1, 3, 128, 128))
+
+
+def test_checkerboard_helpers():
+    x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).view(2, 3, 4, 6)
+    anchor, non_anchor = cb.pack(x, cb.ANCHOR), cb.pack(x, cb.NON_ANCHOR)
+    assert anchor.shape == (2, 3, 4, 3)
+    assert anchor[0, 0, 0].tolist() == [0, 2, 4] and anchor[0, 0, 1].tolist() == [7, 9, 11]  # (row + col) even
+    assert torch.equal(cb.unpack(anchor, cb.ANCHOR) + cb.unpack(non_anchor, cb.NON_ANCHOR), x)
+    assert torch.equal(cb.merge(cb.keep(x, cb.ANCHOR), x), x)
+    assert torch.equal(cb.keep(x, cb.ANCHOR) + cb.keep(x, cb.NON_ANCHOR), x)
+
+
+def test_masked_conv_sees_only_anchors_and_leaves_its_weight_alone():
+    conv = CheckerboardMaskedConv2d(2, 4, kernel_size=5)
+    torch.nn.init.normal_(conv.weight)
+    before = conv.weight.detach().clone()
+    expected_mask = torch.tensor([[0, 1, 0, 1, 0], [1, 0, 1, 0, 1]] * 2 + [[0, 1, 0, 1, 0]], dtype=torch.float32)
+    assert torch.equal(conv.mask[0, 0], expected_mask)
+    y = torch.randn(1, 2, 8, 8)
+    out = conv(cb.keep(y, cb.ANCHOR))
+    # non-anchor outputs depend only on anchors; changing non-anchor inputs changes nothing there
+    out2 = conv(cb.keep(y, cb.ANCHOR) + cb.keep(torch.randn(1, 2, 8, 8), cb.NON_ANCHOR))
+    assert torch.allclose(cb.pack(out, cb.NON_ANCHOR), cb.pack(out2, cb.NON_ANCHOR), atol=1e-6)
+    assert torch.equal(conv.weight, before)
+
+
+def test_constructor_checks():
+    with pytest.raises(ValueError, match="M must be a multiple of num_slices"):
+        mambaic.MambaIC(N=8, M=21, num_slices=5)
+    with pytest.raises(ValueError, match="depths must be 4"):
+        mambaic.MambaIC(N=8, M=20, depths=(1, 1, 1))
