@@ -1,8 +1,9 @@
-"""The `cpu` backend: a C++ selective scan for CPU tensors, compiled on first use.
+"""The `cpu` backend: C++ kernels for CPU tensors, compiled on first use.
 
-The scan is the one op that plain PyTorch can't make fast on a CPU (one memory pass per step of
-a recurrence); cross-scan/merge and window attention are memory-bound copies and SDPA, for which
-this backend uses the `torch` implementations. The extension is compiled with the machine's C++
+The selective scan is the op that plain PyTorch can't make fast on a CPU (one memory pass per
+step of a recurrence); cross-scan / cross-merge are a single C++ pass per plane instead of
+PyTorch's chain of views, flips and transposes. Window attention uses the `torch` implementation
+(SDPA is already a fused CPU kernel). The extension is compiled with the machine's C++
 compiler the first time the backend loads (about a minute; cached by PyTorch in
 ``$TORCH_EXTENSIONS_DIR``), for that machine's vector instructions (-march=native). A missing
 compiler makes the backend unavailable, with the compiler's error as the reason.
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import _backend
-from ..pytorch import cross_merge, cross_scan, window_attention
+from ..pytorch import window_attention
 
 
 def _build():
@@ -25,11 +26,11 @@ def _build():
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
-    src = Path(__file__).parent / "csrc" / "selective_scan.cpp"
+    csrc = Path(__file__).parent / "csrc"
     try:
         return cpp_extension.load(
             name="mambaic_cpu_selective_scan",
-            sources=[str(src)],
+            sources=[str(csrc / "selective_scan.cpp"), str(csrc / "cross_scan.cpp")],
             extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             verbose=False,
@@ -41,9 +42,11 @@ def _build():
 
 _ext = _build()
 
+from .cross_scan import make_cross_ops  # noqa: E402
 from .selective_scan import make_selective_scan  # noqa: E402
 
 selective_scan = make_selective_scan(_ext)
+cross_scan, cross_merge = make_cross_ops(_ext)
 
 
 def _supports(device, dtype, **meta):

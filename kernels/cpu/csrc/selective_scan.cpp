@@ -120,6 +120,11 @@ torch::Tensor selective_scan_fwd_cpu(const torch::Tensor& u, const torch::Tensor
   return y;
 }
 
+torch::Tensor cross_scan_cpu(const torch::Tensor& x, bool channel_last);
+torch::Tensor cross_merge_cpu(const torch::Tensor& y);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_scan_fwd", &selective_scan_fwd_cpu, "selective scan forward on CPU (float32)");
+  m.def("cross_scan", &cross_scan_cpu, "cross-scan on CPU");
+  m.def("cross_merge", &cross_merge_cpu, "cross-merge on CPU, channel-first output");
 }
