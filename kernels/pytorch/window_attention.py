@@ -1,7 +1,8 @@
 """`torch` backend of window_attention: partition, one fused SDPA call with an additive bias, merge.
 
 The bias (relative positions plus the shifted-window mask as -inf) is gathered per call from the
-small table; the index tensors behind it are built once per (window, device) and cached.
+small table; the index tensors and masks behind it are built once per (window, map size, device)
+and cached.
 """
 
 import functools
@@ -29,8 +30,13 @@ def _edge_masks(window: int, device: torch.device) -> torch.Tensor:
     return torch.stack([torch.zeros_like(row), row, col, row | col]).to(device)
 
 
+@functools.lru_cache(maxsize=64)
 def window_mask(n_rows: int, n_cols: int, window: int, device: torch.device) -> torch.Tensor:
-    """(windows, w*w, w*w) bool, True = masked: the official generate_mask."""
+    """(windows, w*w, w*w) bool, True = masked: the official generate_mask.
+
+    Cached per map size and device: built on the host, it would otherwise cost a host-to-device
+    copy (a synchronisation) in every call.
+    """
     kind = torch.zeros(n_rows, n_cols, dtype=torch.long)
     kind[-1, :] += 1
     kind[:, -1] += 2
