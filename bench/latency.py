@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import platform
 import re
 import statistics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -63,3 +64,13 @@ def build_model(args: argparse.Namespace, defaults: dict | None = None):
         except ValueError as exc:
             raise UserError(str(exc)) from None
     return model.to(args.device)
+
+
+def run_command(run, args) -> int:
+    """Run a command; a user's mistake becomes `Error: ...` on stderr and exit code 1, no traceback."""
+    try:
+        run(args)
+    except UserError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    return 0

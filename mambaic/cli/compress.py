@@ -12,7 +12,7 @@ import sys
 import time
 import warnings
 
-from ._model import UserError, add_model_arguments, build_model
+from ._model import UserError, add_model_arguments, build_model, run_command
 
 
 def _sync(device: str) -> None:
@@ -67,10 +67,4 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", help="image file (PNG, JPEG, ... read with PIL)")
     parser.add_argument("output", help="the .mic file to write (atomically)")
     add_model_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except UserError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(run, parser.parse_args(argv))

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
-from ._model import UserError, add_model_arguments, build_model
+from ._model import UserError, add_model_arguments, build_model, run_command
 
 
 def run(args: argparse.Namespace) -> None:
@@ -58,10 +57,4 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", help="a .mic file written by `mambaic compress`")
     parser.add_argument("output", help="the PNG to write (atomically)")
     add_model_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except UserError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(run, parser.parse_args(argv))

@@ -10,7 +10,6 @@ def collect() -> dict:
     import torch
 
     import mambaic
-    import mambaic_kernels
     from mambaic_kernels import _backend
 
     try:
