@@ -15,10 +15,13 @@ if os.environ.get("MAMBAIC_BUILD_CUDA") == "1":
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
     csrc = Path("kernels/cuda/csrc")
+    sources = sorted(str(p) for p in csrc.rglob("*.cpp")) + sorted(str(p) for p in csrc.rglob("*.cu"))
+    if not sources:
+        raise SystemExit(f"MAMBAIC_BUILD_CUDA=1, but {csrc} holds no CUDA sources yet: the cuda backend is not written")
     ext_modules.append(
         CUDAExtension(
             "mambaic_kernels._cuda",
-            sources=sorted(str(p) for p in csrc.rglob("*.cpp")) + sorted(str(p) for p in csrc.rglob("*.cu")),
+            sources=sources,
             extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-gencode=arch=compute_90,code=sm_90"]},
         )
     )
