@@ -23,7 +23,8 @@ def test_cuda_on_cpu_machine_says_why(monkeypatch):
         mk.selective_scan(torch.randn(1, 4, 5), torch.rand(1, 4, 5), -torch.rand(4, 2),
                           torch.randn(1, 4, 2, 5), torch.randn(1, 4, 2, 5))
     msg = str(info.value)
-    assert "MAMBAIC_BACKEND=cuda" in msg and "not built" in msg and "MAMBAIC_BUILD_CUDA=1" in msg
+    assert "MAMBAIC_BACKEND=cuda" in msg and "the cuda backend failed to load" in msg
+    assert "not written yet" in msg or "MAMBAIC_BUILD_CUDA=1" in msg
     assert "backends available for this selective_scan call: torch" in msg  # (and cpu when it compiles)
 
 
