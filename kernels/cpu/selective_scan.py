@@ -7,7 +7,7 @@ fp16 / bf16 inputs are computed in float32 (as every backend does) and y is cast
 
 import torch
 
-from ..pytorch.selective_scan import _backward, _forward
+from ..pytorch.selective_scan import input_grads
 
 
 def make_selective_scan(ext):
@@ -26,11 +26,7 @@ def make_selective_scan(ext):
 
         @staticmethod
         def backward(ctx, dy):
-            u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
-            _, starts = _forward(u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, save_starts=True)
-            grads = _backward(dy, u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, starts)
-            inputs = (u, delta, A, B, C, D, delta_bias)
-            return (*[None if g is None else g.to(x.dtype) for g, x in zip(grads, inputs)], None)
+            return (*input_grads(dy, ctx.saved_tensors, ctx.delta_softplus), None)
 
     def selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
         inputs = (u, delta, A, B, C, D, delta_bias)

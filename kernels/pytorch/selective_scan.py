@@ -129,6 +129,14 @@ def _backward(dy, u, delta, A, B, C, D, delta_bias, delta_softplus, starts):
     return du, ddelta, dA3.view(K * G, N), dB, dC, dD, ddelta_bias
 
 
+def input_grads(dy, inputs, delta_softplus, starts=None):
+    """Gradients of every input, in each input's dtype; recomputes the chunk starts if not given."""
+    if starts is None:
+        _, starts = _forward(*inputs, delta_softplus, save_starts=True)
+    grads = _backward(dy, *inputs, delta_softplus, starts)
+    return tuple(None if g is None else g.to(x.dtype) for g, x in zip(grads, inputs))
+
+
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
@@ -139,10 +147,8 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        u, delta, A, B, C, D, delta_bias, starts = ctx.saved_tensors
-        grads = _backward(dy, u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, starts)
-        inputs = (u, delta, A, B, C, D, delta_bias)
-        return (*[None if g is None else g.to(x.dtype) for g, x in zip(grads, inputs)], None)
+        *inputs, starts = ctx.saved_tensors
+        return (*input_grads(dy, inputs, ctx.delta_softplus, starts), None)
 
 
 def selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
