@@ -207,6 +207,8 @@ def run_one(model, x, backend: str, args, clock: Clock) -> dict:
             model.decompress(strings, shape)
 
         for stage, fn in zip(STAGES, (forward, compress, decompress)):
+            if stage not in args.stages:
+                continue
             try:
                 fn()  # the first warm-up compiles and autotunes: never a measurement
                 clock.sync()
@@ -235,10 +237,11 @@ def run_one(model, x, backend: str, args, clock: Clock) -> dict:
         if isinstance(record.get("forward"), dict):
             try:
                 with autocast:
-                    record["modules_ms"] = module_breakdown(model, x, clock)
-                    # the profiler costs ~10 us per kernel it records: a backend that launches
-                    # hundreds of thousands of tiny kernels (torch's scan on a GPU) is not profiled
+                    # each breakdown costs a forward, and the profiler ~10 us per kernel it records:
+                    # a backend that launches hundreds of thousands of tiny kernels (torch's scan on
+                    # a GPU) is not broken down
                     if record["forward"]["p50_ms"] <= args.profile_limit * 1e3:
+                        record["modules_ms"] = module_breakdown(model, x, clock)
                         record["ops_pct"] = op_breakdown(model, x, x.device.type)
                     else:
                         record["ops_pct"] = f"skipped (forward over --profile-limit {args.profile_limit:g} s)"
@@ -264,6 +267,8 @@ def machine(device: str) -> dict:
 
 
 def fmt_stage(rec) -> str:
+    if rec is None:
+        return "-"
     if not isinstance(rec, dict):
         return str(rec)
     return f"{rec['p50_ms']:.1f} ({rec['p20_ms']:.1f}-{rec['p80_ms']:.1f})"
@@ -288,15 +293,15 @@ def table(results: list[dict], header: dict) -> str:
     lines += ["", "Breakdown of one forward (ms per module; % of time per op):", ""]
     for res in results:
         for r in res["backends"]:
-            if "modules_ms" in r:
-                mods = ", ".join(f"{k} {v:.1f}" for k, v in r["modules_ms"].items())
+            if "modules_ms" in r or "ops_pct" in r:
+                mods = ", ".join(f"{k} {v:.1f}" for k, v in r.get("modules_ms", {}).items()) or "modules skipped"
                 pct = r.get("ops_pct", {})
                 ops = ", ".join(f"{k} {v:.0f}%" for k, v in pct.items()) if isinstance(pct, dict) else f"ops {pct}"
                 lines.append(f"- {res['name']} {r['backend']}: {mods}; {ops}")
     return "\n".join(lines)
 
 
-def plot(results: list[dict], path: str) -> None:
+def plot(results: list[dict], path: str, header: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,13 +317,24 @@ def plot(results: list[dict], path: str) -> None:
                 px.append(res["width"] * res["height"] / 1e6)
                 t.append(r["forward"]["p50_ms"])
                 m.append(r["forward"]["peak_mib"] / 1024)
-        ax_t.plot(px, t, "o-", label=b)
+        (line,) = ax_t.plot(px, t, "o-", label=b)
         ax_m.plot(px, m, "o-", label=b)
+        for res in results:  # out of memory: a cross at the top of both panels, in the line's colour
+            r = next((r for r in res["backends"] if r["backend"] == b), None)
+            if r and r.get("forward") == "OOM":
+                for ax in (ax_t, ax_m):
+                    ax.annotate(f"{b} OOM", (res["width"] * res["height"] / 1e6, 0.97), xycoords=("data", "axes fraction"),
+                                color=line.get_color(), ha="center", va="top", fontsize=8)
+                    ax.plot([res["width"] * res["height"] / 1e6], [0.9], "x", color=line.get_color(), markersize=9,
+                            transform=ax.get_xaxis_transform())
     ax_t.set(xlabel="megapixels", ylabel="forward latency (ms)", title="latency", yscale="log")
     ax_m.set(xlabel="megapixels", ylabel="peak memory (GiB)", title="peak memory (forward)")
     for ax in (ax_t, ax_m):
         ax.grid(alpha=0.3)
         ax.legend()
+    if header:
+        fig.suptitle(f"MambaIC full model, {header['dtype']}, batch {header['batch']}: {header['device']}, "
+                     f"torch {header['torch']}, commit {header['commit']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -347,6 +363,8 @@ def main(argv=None) -> int:
     parser.add_argument("--profile-limit", type=float, default=None, metavar="S",
                         help="profile the op breakdown only when a forward takes at most S seconds "
                              "(default: 3 on a GPU, no limit on CPU)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="stages to time (default: all; decompress needs compress)")
     parser.add_argument("--max-seconds", type=float, default=60.0, metavar="S",
                         help="skip larger resolutions for a backend whose forward took longer than S seconds")
     args = parser.parse_args(argv)
@@ -363,6 +381,8 @@ def main(argv=None) -> int:
     args.iters = args.iters if args.iters is not None else (10 if device == "cuda" else 3)
     if args.profile_limit is None:
         args.profile_limit = 3.0 if device == "cuda" else float("inf")
+    if "decompress" in args.stages and "compress" not in args.stages:
+        parser.error("--stages: decompress decodes the strings that compress writes; add compress")
     if args.batch < 1 or args.iters < 1 or args.warmup < 0:
         parser.error("--batch and --iters must be >= 1 and --warmup >= 0")
 
@@ -399,7 +419,7 @@ def main(argv=None) -> int:
     results = []
     too_slow = {}  # backend -> why larger resolutions are skipped
     args.res = sorted(args.res, key=lambda r: r[1] * r[2])  # small first, so a slow backend stops early
-    total = len(args.res) * len(backends) * len(STAGES)
+    total = len(args.res) * len(backends) * len(args.stages)
     with tqdm(total=total, desc="latency", unit="stage", file=sys.stderr) as bar:
         args.progress = bar.update
         for name, width, height in args.res:
@@ -409,15 +429,15 @@ def main(argv=None) -> int:
             try:
                 x = torch.rand(args.batch, 3, H, W, device=device)
             except torch.cuda.OutOfMemoryError:
-                res["backends"] = [{"backend": b, **{s: "OOM" for s in STAGES}} for b in backends]
-                bar.update(len(backends) * len(STAGES))
+                res["backends"] = [{"backend": b, **{s: "OOM" for s in args.stages}} for b in backends]
+                bar.update(len(backends) * len(args.stages))
                 results.append(res)
                 continue
             for backend in backends:
                 bar.set_postfix_str(f"{name} {W}x{H} {backend}")
                 if backend in too_slow:
-                    res["backends"].append({"backend": backend, **{s: f"skipped ({too_slow[backend]})" for s in STAGES}})
-                    bar.update(len(STAGES))
+                    res["backends"].append({"backend": backend, **{s: f"skipped ({too_slow[backend]})" for s in args.stages}})
+                    bar.update(len(args.stages))
                     continue
                 rec = run_one(model, x, backend, args, Clock(device))
                 res["backends"].append(rec)
@@ -435,7 +455,7 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": header, "results": results}, indent=1))
     if args.plot:
-        plot(results, args.plot)
+        plot(results, args.plot, header)
     return 0
 
 
