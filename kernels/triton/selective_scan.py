@@ -29,7 +29,20 @@ exp2 per (channel, state, step) is the real cost: 19e9 of them at the target sha
 combines run in a fixed order that depends only on the constexpr tile shape, never on
 timing: the forward is bit-identical from run to run, with no atomics.
 
-Why one pass. The textbook chunked scan (pass 1: chunk summaries, pass 2: combine, pass 3:
+Chunks. One program walks the tiles of its channels in order, so one image (KD = 2048 channels,
+8 per program) is only 256 programs: under one wave of an H100 at this kernel's occupancy, each
+program walking all of L. When the grid is that small, L is cut into chunks, one program each:
+  chunk pass 1  (_fwd_chunk_summary_kernel) each chunk's end state from a zero start and its sum
+                of dt, from u, delta and B only (no C, no y);
+  chunk pass 2  (_chunk_carry_kernel) a sequential walk over the chunks per (image, channel,
+                state): the state entering chunk c, carry_{c+1} = exp(A sum_c dt) carry_c + end_c;
+  main pass     the one-pass kernel on each chunk, started from its carry.
+This costs a second read of u, delta and B and a second exp2 per element, so it is used only when
+it buys parallelism (_chunking: the shape and the GPU's SM count decide, so the rounding is the
+same on every run). The backward mirrors it: a reverse summary of the adjoint per chunk (from
+delta, C and dy), the same carry walk in reverse, then the backward kernel per chunk.
+
+Why one pass where the grid is large enough. The textbook chunked scan (pass 1: chunk summaries, pass 2: combine, pass 3:
 recompute) reads u and delta twice and computes every exp2 twice; at the target shape that
 is 24 GB instead of 14.8 GB and twice the MUFU work, which cannot meet 7.5 ms on an H100.
 Splitting L over lanes inside a program keeps the data in registers between the passes.
@@ -61,7 +74,9 @@ launching through ``wrap_triton`` (so torch.compile sees the kernels), with
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -78,10 +93,21 @@ LN2 = 0.6931471805599453
 # S2 = 4 vectors make a segment of SEG = 16 steps per thread; Q = 4 segments (lanes) per tile,
 # T = 64 steps. NPL = 4 lanes share the N states of a channel, so a thread holds NPI = N / 4
 # states: 4 * 16 = 64 elements per register tile, which keeps the forward near 180 registers.
-_S, _S2, _Q, _NPL = 4, 4, 4, 4
+class Tiles(NamedTuple):
+    S: int = 4      # steps per 16-byte vector
+    S2: int = 4     # vectors per segment (SEG = S * S2 steps per thread)
+    Q: int = 4      # segments (lanes) per tile: T = Q * SEG steps
+    NPL: int = 4    # lanes sharing the states of a channel
+    warps: int = 4  # BD = warps * 32 / (NPL * Q) channels per program
+
+
+_FWD_TILES = Tiles()  # 4 warps x 2 channel lanes = 8 channels per program: 256 programs at KD 2048
+_BWD_TILES = Tiles()
 _MAX_N = 16  # 16 states x 16 steps per thread already use most of the register file
-_FWD_WARPS = 4  # 4 warps x 2 channel lanes = 8 channels per program: 256 programs at KD 2048
-_BWD_WARPS = 4
+# Splitting L into chunks (see "Chunks" above): aim for this many programs per SM, and never
+# make a chunk shorter than _MIN_CHUNK_TILES tiles, whose summary pass would cost more than it saves.
+_PROGRAMS_PER_SM = 8
+_MIN_CHUNK_TILES = 16
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,11 +302,13 @@ def _load_tile(ptr, offs, tt, L, MASKED: tl.constexpr, extra_mask):
 
 
 @triton.jit
-def _fwd_tile(u_ptr, dt_ptr, B_ptr, C_ptr, row, toff, t0, L, carry,
-              A2, A2q, bias, Dv, i_j, i_n, i_s, i_q4, bc_rows, bc_nm, r_t,
-              NPI: tl.constexpr, BD: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr,
-              S: tl.constexpr, S2: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
-              HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, MASKED: tl.constexpr):
+def _fwd_tile_states(u_ptr, dt_ptr, B_ptr, row, toff, t0, L, carry,
+                     A2, A2q, bias, i_j, i_n, i_s, i_q4, bc_rows, bc_nm, r_t,
+                     NPI: tl.constexpr, BD: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr,
+                     S: tl.constexpr, S2: tl.constexpr, SOFTPLUS: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, MASKED: tl.constexpr):
+    # Loads and pass 1 + combine of one tile: (u, a, x, each segment's start, the state leaving
+    # the tile, the tile's sum of dt [1, BD, 1, 1]).
     SEG: tl.constexpr = S * S2
     tt = t0 + toff
     # per-(channel, step) values in the small tile [S2, 1, BD, 1, Q, S]
@@ -310,9 +338,22 @@ def _fwd_tile(u_ptr, dt_ptr, B_ptr, C_ptr, row, toff, t0, L, carry,
     dts = tl.sum(tl.sum(tl.sum(tl.sum(dt, axis=5), axis=0), axis=2, keep_dims=True), axis=0, keep_dims=True)
     Pseg = tl.exp2(dts * A2q)
     start, carry = _segment_starts(Pseg, h, carry, i_q4, NPI, BD, NPL, Q)
+    return u, a, x, start, carry, tl.sum(dts, axis=3, keep_dims=True)
+
+
+@triton.jit
+def _fwd_tile(u_ptr, dt_ptr, B_ptr, C_ptr, row, toff, t0, L, carry,
+              A2, A2q, bias, Dv, i_j, i_n, i_s, i_q4, bc_rows, bc_nm, r_t,
+              NPI: tl.constexpr, BD: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr,
+              S: tl.constexpr, S2: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
+              HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, MASKED: tl.constexpr):
+    SEG: tl.constexpr = S * S2
+    u, a, x, start, carry, _ = _fwd_tile_states(
+        u_ptr, dt_ptr, B_ptr, row, toff, t0, L, carry, A2, A2q, bias, i_j, i_n, i_s, i_q4,
+        bc_rows, bc_nm, r_t, NPI, BD, NPL, Q, S, S2, SOFTPLUS, HAS_BIAS, EVEN_N, MASKED)
     # pass 2: exact states, gathered back into a 6-D tile for y = sum_n C h
     h = start
-    H = tl.zeros(Bt.shape, dtype=tl.float32)
+    H = tl.zeros([S2, NPI, BD, NPL, Q, S], dtype=tl.float32)
     for p in tl.static_range(SEG):
         h = _pick(a, i_j, i_s, p // S, p % S) * h + _pick(x, i_j, i_s, p // S, p % S)
         H = _put(H, h, i_j, i_s, p // S, p % S)
@@ -325,16 +366,13 @@ def _fwd_tile(u_ptr, dt_ptr, B_ptr, C_ptr, row, toff, t0, L, carry,
 
 
 @triton.jit
-def _selective_scan_fwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, st_ptr,
-    L, KD, G, N, K, n_tiles,
-    NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr, S2: tl.constexpr,
-    BD: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-    STORE_STATES: tl.constexpr, EVEN_N: tl.constexpr,
-):
-    """One program: BD channels of image program_id(1), all of L. L, KD, N, ... are runtime
-    values (a new image size reuses the compiled kernel); the tile shape is constexpr."""
-    T: tl.constexpr = Q * S * S2
+def _program_setup(A_ptr, D_ptr, bias_ptr, L, KD, G, N, K,
+                   NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr,
+                   S2: tl.constexpr, BD: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    # What every scan program loads and indexes before its first tile. ch4 ([1, BD, 1, 1], int64:
+    # image * KD + channel) and n4 ([NPI, 1, NPL, 1]) address the per-(image, channel, state)
+    # tables through _table (saved tile states, chunk carries); row_mask / ch_mask drop the
+    # padded channels and states there.
     pid_d = tl.program_id(0)
     b = tl.program_id(1)
     i_j, i_d, i_l, i_q, i_s, d, dm, d_c, n, nm, n_c, grp, row, brow, toff = _index_setup(
@@ -348,28 +386,121 @@ def _selective_scan_fwd_kernel(
         bias = tl.load(bias_ptr + d_c)
     if HAS_D:
         Dv = tl.load(D_ptr + d_c)
-    # EVEN_N: N is a power of two (>= NPL), so no padded states and no mask on the B loads.
     i_n = tl.arange(0, NPI)[None, :, None, None, None, None]
     bc_rows, bc_nm, r_t = _bc_rows(pid_d, b, KD, G, N, K, L, NPI, NPL, Q, S, S2, BD)
-    carry = tl.zeros([NPI, BD, NPL, 1], dtype=tl.float32)
-    st_rows = ((b * KD + d_c).to(tl.int64) * n_tiles) * N + n_c  # [1, NPI, BD, NPL, 1, 1]
-    st_off = tl.sum(tl.sum(st_rows, axis=5), axis=0)              # [NPI, BD, NPL, 1]
-    st_mask = tl.sum(tl.sum((dm & nm).to(tl.int32), axis=5), axis=0) > 0
-    L_full = (L // T) * T
-    for t0 in range(0, L_full, T):
+    ch4 = tl.sum(tl.sum(tl.sum((b * KD + d_c).to(tl.int64), axis=5), axis=0), axis=0, keep_dims=True)
+    n4 = tl.sum(tl.sum(n_c, axis=5), axis=0)
+    row_mask = tl.sum(tl.sum((dm & nm).to(tl.int32), axis=5), axis=0) > 0
+    ch_mask = tl.sum(tl.sum(tl.sum(dm.to(tl.int32), axis=5), axis=0), axis=0, keep_dims=True) > 0
+    return (pid_d, b, i_j, i_n, i_s, i_q4, dm, nm, row, brow, toff, A2, A2q, bias, Dv,
+            bc_rows, bc_nm, r_t, ch4, n4, row_mask, ch_mask)
+
+
+@triton.jit
+def _table(ptr, ch4, n4, n_rows, r, N):
+    # Entry r of the channel's n_rows rows of N states: [NPI, BD, NPL, 1] pointers.
+    return ptr + (ch4 * n_rows + r) * N + n4
+
+
+@triton.jit
+def _selective_scan_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, st_ptr, carry_ptr,
+    L, KD, G, N, K, n_tiles, n_chunks, chunk_tiles,
+    NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr, S2: tl.constexpr,
+    BD: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+    STORE_STATES: tl.constexpr, EVEN_N: tl.constexpr, CHUNKED: tl.constexpr,
+):
+    """One program: BD channels of image program_id(1), the chunk program_id(2) of chunk_tiles
+    tiles (all of L when not CHUNKED), started from its carry. L, KD, N, ... are runtime values
+    (a new image size reuses the compiled kernel); the tile shape is constexpr."""
+    T: tl.constexpr = Q * S * S2
+    (pid_d, b, i_j, i_n, i_s, i_q4, dm, nm, row, brow, toff, A2, A2q, bias, Dv,
+     bc_rows, bc_nm, r_t, ch4, n4, row_mask, _) = _program_setup(
+        A_ptr, D_ptr, bias_ptr, L, KD, G, N, K, NPI, NPL, Q, S, S2, BD, HAS_D, HAS_BIAS)
+    # EVEN_N: N is a power of two (>= NPL), so no padded states and no mask on the B loads.
+    n_full = L // T
+    if CHUNKED:
+        c = tl.program_id(2)
+        first = c * chunk_tiles
+        stop = tl.minimum(first + chunk_tiles, n_full)
+        last_chunk = c == n_chunks - 1
+        carry = tl.load(_table(carry_ptr, ch4, n4, n_chunks, c, N), mask=row_mask, other=0.0)
+    else:
+        first = 0
+        stop = n_full
+        last_chunk = True
+        carry = tl.zeros([NPI, BD, NPL, 1], dtype=tl.float32)
+    for tile in range(first, stop):
+        t0 = tile * T
         if STORE_STATES:
-            tl.store(st_ptr + st_off + (t0 // T) * N, carry, mask=st_mask)
+            tl.store(_table(st_ptr, ch4, n4, n_tiles, tile, N), carry, mask=row_mask)
         y, carry = _fwd_tile(u_ptr, dt_ptr, B_ptr, C_ptr, row, toff, t0, L, carry,
                              A2, A2q, bias, Dv, i_j, i_n, i_s, i_q4, bc_rows, bc_nm, r_t, NPI, BD, NPL, Q, S, S2,
                              SOFTPLUS, HAS_D, HAS_BIAS, EVEN_N, False)
         tl.store(y_ptr + row + t0 + toff, y.to(y_ptr.dtype.element_ty), mask=dm)
-    if L_full < L:
+    L_full = n_full * T
+    if last_chunk and L_full < L:
         if STORE_STATES:
-            tl.store(st_ptr + st_off + (L_full // T) * N, carry, mask=st_mask)
+            tl.store(_table(st_ptr, ch4, n4, n_tiles, n_full, N), carry, mask=row_mask)
         y, carry = _fwd_tile(u_ptr, dt_ptr, B_ptr, C_ptr, row, toff, L_full, L, carry,
                              A2, A2q, bias, Dv, i_j, i_n, i_s, i_q4, bc_rows, bc_nm, r_t, NPI, BD, NPL, Q, S, S2,
                              SOFTPLUS, HAS_D, HAS_BIAS, EVEN_N, True)
         tl.store(y_ptr + row + L_full + toff, y.to(y_ptr.dtype.element_ty), mask=dm & (L_full + toff < L))
+
+
+@triton.jit
+def _fwd_chunk_summary_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, hend_ptr, dts_ptr,
+    L, KD, G, N, K, n_chunks, chunk_tiles,
+    NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr, S2: tl.constexpr,
+    BD: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr,
+):
+    """Chunk pass 1: for BD channels of one image and the chunk program_id(2), the state leaving
+    the chunk from a zero start (hend, [batch, KD, n_chunks, N]) and the chunk's sum of dt
+    (dts, [batch, KD, n_chunks]). No C, no y."""
+    T: tl.constexpr = Q * S * S2
+    c = tl.program_id(2)
+    (pid_d, b, i_j, i_n, i_s, i_q4, dm, nm, row, brow, toff, A2, A2q, bias, _,
+     bc_rows, bc_nm, r_t, ch4, n4, row_mask, ch_mask) = _program_setup(
+        A_ptr, A_ptr, bias_ptr, L, KD, G, N, K, NPI, NPL, Q, S, S2, BD, False, HAS_BIAS)
+    n_full = L // T
+    first = c * chunk_tiles
+    stop = tl.minimum(first + chunk_tiles, n_full)
+    carry = tl.zeros([NPI, BD, NPL, 1], dtype=tl.float32)
+    dsum = tl.zeros([1, BD, 1, 1], dtype=tl.float32)
+    for tile in range(first, stop):
+        _, _, _, _, carry, ds = _fwd_tile_states(
+            u_ptr, dt_ptr, B_ptr, row, toff, tile * T, L, carry, A2, A2q, bias, i_j, i_n, i_s, i_q4,
+            bc_rows, bc_nm, r_t, NPI, BD, NPL, Q, S, S2, SOFTPLUS, HAS_BIAS, EVEN_N, False)
+        dsum += ds
+    if c == n_chunks - 1 and n_full * T < L:
+        _, _, _, _, carry, ds = _fwd_tile_states(
+            u_ptr, dt_ptr, B_ptr, row, toff, n_full * T, L, carry, A2, A2q, bias, i_j, i_n, i_s, i_q4,
+            bc_rows, bc_nm, r_t, NPI, BD, NPL, Q, S, S2, SOFTPLUS, HAS_BIAS, EVEN_N, True)
+        dsum += ds
+    tl.store(_table(hend_ptr, ch4, n4, n_chunks, c, N), carry, mask=row_mask)
+    tl.store(dts_ptr + ch4 * n_chunks + c, dsum, mask=ch_mask)
+
+
+@triton.jit
+def _chunk_carry_kernel(hend_ptr, dts_ptr, A_ptr, total, KD, N, n_chunks,
+                        REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    """Chunk pass 2, over (image, channel, state) rows: replaces each chunk's local end value
+    (hend, from a zero start) by the true value entering the chunk, walking the chunks in order
+    (the forward state) or in reverse (the adjoint): carry_next = exp(A * sum dt) carry + local."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < total
+    bd = i // N                     # image * KD + channel
+    n = i - bd * N
+    A2 = tl.load(A_ptr + (bd % KD) * N + n, mask=m, other=0.0) * 1.4426950408889634
+    base = bd.to(tl.int64) * n_chunks
+    carry = tl.zeros([BLOCK], dtype=tl.float32)
+    for j in range(n_chunks):
+        c = n_chunks - 1 - j if REVERSE else j
+        loc = tl.load(hend_ptr + (base + c) * N + n, mask=m, other=0.0)
+        dsum = tl.load(dts_ptr + base + c, mask=m, other=0.0)
+        tl.store(hend_ptr + (base + c) * N + n, carry, mask=m)
+        carry = tl.exp2(A2 * dsum) * carry + loc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -476,52 +607,51 @@ def _bwd_tile(u_ptr, dt_ptr, B_ptr, C_ptr, dy_ptr, dB_ptr, dC_ptr,
 
 @triton.jit
 def _selective_scan_bwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, st_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, st_ptr, vin_ptr,
     du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    L, KD, G, N, K, n_tiles,
+    L, KD, G, N, K, n_tiles, n_chunks, chunk_tiles,
     NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr, S2: tl.constexpr,
     BD: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-    EVEN_N: tl.constexpr, ONE_GROUP: tl.constexpr,
+    EVEN_N: tl.constexpr, ONE_GROUP: tl.constexpr, CHUNKED: tl.constexpr,
 ):
-    """One program: BD channels of one image, tiles of T steps from the last to the first.
-    dA, dD, d(delta_bias) go to per-image rows (batch, KD, ...) summed by the launcher; dB and
-    dC (float32, zero-initialised) receive atomic adds."""
+    """One program: BD channels of one image, the tiles of chunk program_id(2) (all of L when not
+    CHUNKED) from the last to the first, started from the adjoint entering the chunk's end (vin).
+    dA, dD, d(delta_bias) go to per-(image, chunk) rows summed by the launcher; dB and dC
+    (float32, zero-initialised) receive atomic adds."""
     T: tl.constexpr = Q * S * S2
-    pid_d = tl.program_id(0)
-    b = tl.program_id(1)
-    i_j, i_d, i_l, i_q, i_s, d, dm, d_c, n, nm, n_c, grp, row, brow, toff = _index_setup(
-        pid_d, b, L, KD, G, N, K, NPI, NPL, Q, S, S2, BD)
-    i_q4 = tl.arange(0, Q)[None, None, None, :]
-    A2 = tl.load(A_ptr + d_c * N + n_c, mask=nm, other=0.0) * 1.4426950408889634
-    A2q = tl.sum(tl.sum(A2, axis=5), axis=0)
-    bias = 0.0
-    Dv = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d_c)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d_c)
-    i_n = tl.arange(0, NPI)[None, :, None, None, None, None]
-    bc_rows, bc_nm, r_t = _bc_rows(pid_d, b, KD, G, N, K, L, NPI, NPL, Q, S, S2, BD)
+    (pid_d, b, i_j, i_n, i_s, i_q4, dm, nm, row, brow, toff, A2, A2q, bias, Dv,
+     bc_rows, bc_nm, r_t, ch4, n4, row_mask, ch_mask) = _program_setup(
+        A_ptr, D_ptr, bias_ptr, L, KD, G, N, K, NPI, NPL, Q, S, S2, BD, HAS_D, HAS_BIAS)
     dm_dy = None
     if not ONE_GROUP:
         dm_dy = dm
     # dB / dC row of the program's group after the reduction over its channels, [S2,NPI,1,NPL,1,1];
     # -1 marks padded states so the tail mask can drop them.
+    n_c = tl.minimum(tl.arange(0, NPL)[None, None, None, :, None, None] * NPI + i_n, N - 1)
     grp0 = (pid_d * BD) // G
     red_off = ((b * K + grp0) * N + n_c).to(tl.int64) * L
     if not EVEN_N:
         red_off = tl.where(nm, red_off, -1)
-    st_rows = ((b * KD + d_c).to(tl.int64) * n_tiles) * N + n_c
-    st_off = tl.sum(tl.sum(st_rows, axis=5), axis=0)
-    st_mask = tl.sum(tl.sum((dm & nm).to(tl.int32), axis=5), axis=0) > 0
-    vcarry = tl.zeros([NPI, BD, NPL, 1], dtype=tl.float32)
+    n_full = L // T
+    if CHUNKED:
+        c = tl.program_id(2)
+        first = c * chunk_tiles
+        stop = tl.minimum(first + chunk_tiles, n_full)
+        last_chunk = c == n_chunks - 1
+        vcarry = tl.load(_table(vin_ptr, ch4, n4, n_chunks, c, N), mask=row_mask, other=0.0)
+    else:
+        c = 0
+        first = 0
+        stop = n_full
+        last_chunk = True
+        vcarry = tl.zeros([NPI, BD, NPL, 1], dtype=tl.float32)
     dA_acc = tl.zeros([NPI, BD, NPL, Q], dtype=tl.float32)
     dD_acc = tl.zeros([S2, 1, BD, 1, Q, S], dtype=tl.float32)   # per-(channel, step) partial sums
     db_acc = tl.zeros([S2, 1, BD, 1, Q, S], dtype=tl.float32)
-    L_full = (L // T) * T
-    if L_full < L:
+    L_full = n_full * T
+    if last_chunk and L_full < L:
         # the tail tile first (the adjoint starts at the end)
-        h0 = tl.load(st_ptr + st_off + (L_full // T) * N, mask=st_mask, other=0.0)
+        h0 = tl.load(_table(st_ptr, ch4, n4, n_tiles, n_full, N), mask=row_mask, other=0.0)
         du, ddt, dDp, vcarry, dA_acc = _bwd_tile(
             u_ptr, dt_ptr, B_ptr, C_ptr, dy_ptr, dB_ptr, dC_ptr, row, brow, toff, L_full, L, h0,
             vcarry, dA_acc, A2, A2q, bias, Dv, i_j, i_n, i_s, i_q4, bc_rows, bc_nm, r_t, dm_dy, red_off, nm, dm,
@@ -531,9 +661,10 @@ def _selective_scan_bwd_kernel(
         tl.store(ddt_ptr + row + L_full + toff, ddt.to(ddt_ptr.dtype.element_ty), mask=om)
         dD_acc += dDp
         db_acc += tl.where(L_full + toff < L, ddt, 0.0)
-    for i in range(0, L_full // T):
-        t0 = L_full - T - i * T
-        h0 = tl.load(st_ptr + st_off + (t0 // T) * N, mask=st_mask, other=0.0)
+    for i in range(0, stop - first):
+        tile = stop - 1 - i
+        t0 = tile * T
+        h0 = tl.load(_table(st_ptr, ch4, n4, n_tiles, tile, N), mask=row_mask, other=0.0)
         du, ddt, dDp, vcarry, dA_acc = _bwd_tile(
             u_ptr, dt_ptr, B_ptr, C_ptr, dy_ptr, dB_ptr, dC_ptr, row, brow, toff, t0, L, h0,
             vcarry, dA_acc, A2, A2q, bias, Dv, i_j, i_n, i_s, i_q4, bc_rows, bc_nm, r_t, dm_dy, red_off, nm, dm,
@@ -542,18 +673,83 @@ def _selective_scan_bwd_kernel(
         tl.store(ddt_ptr + row + t0 + toff, ddt.to(ddt_ptr.dtype.element_ty), mask=dm)
         dD_acc += dDp
         db_acc += ddt
-    # per-(image, channel) sums, written once; fixed reduction order (deterministic)
-    dA_rows = tl.sum(tl.sum(((b * KD + d_c) * N + n_c), axis=5), axis=0)   # [NPI, BD, NPL, 1]
-    tl.store(dA_ptr + dA_rows, tl.sum(dA_acc, axis=3, keep_dims=True),
-             mask=tl.sum(tl.sum((dm & nm).to(tl.int32), axis=5), axis=0) > 0)
-    ch = b * KD + pid_d * BD + tl.arange(0, BD)
-    cm = (pid_d * BD + tl.arange(0, BD)) < KD
+    # per-(image, chunk, channel) sums, written once; fixed reduction order (deterministic).
+    # The tables are [batch, KD, n_chunks(, N)]: row c of the channel.
+    tl.store(_table(dA_ptr, ch4, n4, n_chunks, c, N), tl.sum(dA_acc, axis=3, keep_dims=True), mask=row_mask)
     if HAS_D:
-        dD = tl.sum(tl.sum(tl.sum(tl.sum(tl.sum(dD_acc, axis=5), axis=4), axis=3), axis=1), axis=0)
-        tl.store(dD_ptr + ch, dD, mask=cm)
+        dD = tl.reshape(tl.sum(tl.sum(tl.sum(dD_acc, axis=5), axis=4), axis=0), [1, BD, 1, 1])
+        tl.store(dD_ptr + ch4 * n_chunks + c, dD, mask=ch_mask)
     if HAS_BIAS:
-        dbias = tl.sum(tl.sum(tl.sum(tl.sum(tl.sum(db_acc, axis=5), axis=4), axis=3), axis=1), axis=0)
-        tl.store(dbias_ptr + ch, dbias, mask=cm)
+        dbias = tl.reshape(tl.sum(tl.sum(tl.sum(db_acc, axis=5), axis=4), axis=0), [1, BD, 1, 1])
+        tl.store(dbias_ptr + ch4 * n_chunks + c, dbias, mask=ch_mask)
+
+
+@triton.jit
+def _bwd_tile_adjoint(dt_ptr, C_ptr, dy_ptr, row, toff, t0, L, vcarry, A2, A2q, bias,
+                      i_j, i_n, i_s, i_q4, bc_rows, bc_nm, r_t, dm_dy,
+                      NPI: tl.constexpr, BD: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr,
+                      S: tl.constexpr, S2: tl.constexpr, SOFTPLUS: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, MASKED: tl.constexpr):
+    # The adjoint part of _bwd_tile alone: the adjoint leaving the tile at its first step, and
+    # the tile's sum of dt. Reads dt, dy and C only.
+    SEG: tl.constexpr = S * S2
+    tt = t0 + toff
+    dt = _load_tile(dt_ptr, row + tt, tt, L, MASKED, None)
+    if HAS_BIAS:
+        dt = dt + bias
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    if MASKED:
+        dt = tl.where(tt < L, dt, 0.0)
+    dy = _load_tile(dy_ptr, row + tt, tt, L, MASKED, dm_dy)
+    Ct = _load_bc(C_ptr, bc_rows, bc_nm, r_t, t0, L, i_j, i_n, NPI, NPL, Q, S, S2, BD, MASKED, False)
+    Z = tl.join(dt, dy) * tl.join(tl.broadcast_to(A2, Ct.shape), Ct)
+    dA2, Qt = tl.split(Z)
+    a = tl.exp2(dA2)
+    g = _pick(Qt, i_j, i_s, S2 - 1, S - 1)
+    for p in tl.static_range(SEG - 2, -1, -1):
+        g = _pick(Qt, i_j, i_s, p // S, p % S) + _pick(a, i_j, i_s, (p + 1) // S, (p + 1) % S) * g
+    vloc = _pick(a, i_j, i_s, 0, 0) * g
+    dts = tl.sum(tl.sum(tl.sum(tl.sum(dt, axis=5), axis=0), axis=2, keep_dims=True), axis=0, keep_dims=True)
+    Pseg = tl.exp2(dts * A2q)
+    _, vcarry = _segment_ends_reverse(Pseg, vloc, vcarry, i_q4, NPI, BD, NPL, Q)
+    return vcarry, tl.sum(dts, axis=3, keep_dims=True)
+
+
+@triton.jit
+def _bwd_chunk_summary_kernel(
+    dt_ptr, A_ptr, C_ptr, bias_ptr, dy_ptr, vend_ptr, dts_ptr,
+    L, KD, G, N, K, n_chunks, chunk_tiles,
+    NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr, S2: tl.constexpr,
+    BD: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, ONE_GROUP: tl.constexpr,
+):
+    """Backward chunk pass 1: the adjoint leaving chunk program_id(2) at its first step when
+    none enters at its end (vend, [batch, KD, n_chunks, N]), and the chunk's sum of dt."""
+    T: tl.constexpr = Q * S * S2
+    c = tl.program_id(2)
+    (pid_d, b, i_j, i_n, i_s, i_q4, dm, nm, row, brow, toff, A2, A2q, bias, _,
+     bc_rows, bc_nm, r_t, ch4, n4, row_mask, ch_mask) = _program_setup(
+        A_ptr, A_ptr, bias_ptr, L, KD, G, N, K, NPI, NPL, Q, S, S2, BD, False, HAS_BIAS)
+    dm_dy = None
+    if not ONE_GROUP:
+        dm_dy = dm
+    n_full = L // T
+    first = c * chunk_tiles
+    stop = tl.minimum(first + chunk_tiles, n_full)
+    vcarry = tl.zeros([NPI, BD, NPL, 1], dtype=tl.float32)
+    dsum = tl.zeros([1, BD, 1, 1], dtype=tl.float32)
+    if c == n_chunks - 1 and n_full * T < L:
+        vcarry, ds = _bwd_tile_adjoint(dt_ptr, C_ptr, dy_ptr, row, toff, n_full * T, L, vcarry, A2, A2q, bias,
+                                       i_j, i_n, i_s, i_q4, bc_rows, bc_nm, r_t, dm_dy,
+                                       NPI, BD, NPL, Q, S, S2, SOFTPLUS, HAS_BIAS, True)
+        dsum += ds
+    for i in range(0, stop - first):
+        vcarry, ds = _bwd_tile_adjoint(dt_ptr, C_ptr, dy_ptr, row, toff, (stop - 1 - i) * T, L, vcarry, A2, A2q,
+                                       bias, i_j, i_n, i_s, i_q4, bc_rows, bc_nm, r_t, dm_dy,
+                                       NPI, BD, NPL, Q, S, S2, SOFTPLUS, HAS_BIAS, False)
+        dsum += ds
+    tl.store(_table(vend_ptr, ch4, n4, n_chunks, c, N), vcarry, mask=row_mask)
+    tl.store(dts_ptr + ch4 * n_chunks + c, dsum, mask=ch_mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,16 +757,43 @@ def _selective_scan_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def _tile_config(N: int, num_warps: int) -> dict:
+def _tile_config(N: int, tiles: Tiles) -> dict:
     """constexprs for a call: N padded to a power of two NP = NPI * NPL; BD channels per program."""
     NP = triton.next_power_of_2(N)
-    npl = min(_NPL, NP)
-    lanes_d = 32 // (npl * _Q)  # lanes left for channels once (states, segments) took theirs
-    return dict(NPI=NP // npl, NPL=npl, Q=_Q, S=_S, S2=_S2, BD=lanes_d * num_warps, EVEN_N=(NP == N))
+    npl = min(tiles.NPL, NP)
+    lanes_d = 32 // (npl * tiles.Q)  # lanes left for channels once (states, segments) took theirs
+    return dict(NPI=NP // npl, NPL=npl, Q=tiles.Q, S=tiles.S, S2=tiles.S2, BD=lanes_d * tiles.warps,
+                EVEN_N=(NP == N))
 
 
-def _n_tiles(L: int) -> int:
-    return triton.cdiv(L, _Q * _S * _S2)
+def _tile_steps(tiles: Tiles) -> int:
+    return tiles.Q * tiles.S * tiles.S2
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: any fixed number
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _chunking(batch: int, KD: int, L: int, tiles: Tiles, device: torch.device) -> tuple[int, int]:
+    """(n_chunks, tiles per chunk) for a call. One image of a few thousand channels is only a few
+    hundred programs, under one wave of the GPU at the occupancy these kernels run at: L is then cut
+    into chunks, each a program, at the price of a summary pass (see "Chunks"). The split depends on
+    the shape and the GPU's SM count only, so the forward's rounding is the same on every run."""
+    n_tiles = triton.cdiv(L, _tile_steps(tiles))
+    programs = triton.cdiv(KD, _tile_config(16, tiles)["BD"]) * batch
+    want = _PROGRAMS_PER_SM * _sm_count(device)
+    n_chunks = max(1, min(triton.cdiv(want, programs), n_tiles // _MIN_CHUNK_TILES))
+    per_chunk = triton.cdiv(n_tiles, n_chunks)
+    return triton.cdiv(n_tiles, per_chunk), per_chunk
+
+
+def _split(n_tiles: int, n_chunks: int) -> tuple[int, int]:
+    # an explicit chunk count (0: automatic) rounded so that no chunk is empty
+    per_chunk = triton.cdiv(n_tiles, max(1, min(n_chunks, n_tiles)))
+    return triton.cdiv(n_tiles, per_chunk), per_chunk
 
 
 def _tracing(t: torch.Tensor) -> bool:
@@ -590,61 +813,97 @@ def _opt(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 def selective_scan_fwd_triton(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None, delta_bias: torch.Tensor | None, delta_softplus: bool, store_states: bool,
+    n_chunks: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """y, and (when store_states) each tile's incoming state (batch, KD, n_tiles, N) for the backward."""
+    """y, and (when store_states) each tile's incoming state (batch, KD, n_tiles, N) for the
+    backward. L is cut into n_chunks chunks (1: one pass; rounded so that no chunk is empty)."""
     batch, KD, L = u.shape
     K, N = B.shape[1], A.shape[1]
-    cfg = _tile_config(N, _FWD_WARPS)
+    cfg = _tile_config(N, _FWD_TILES)
     y = torch.empty_like(u)
-    n_tiles = _n_tiles(L)
+    n_tiles = triton.cdiv(L, _tile_steps(_FWD_TILES))
+    n_chunks, per_chunk = _split(n_tiles, n_chunks)
     states = u.new_empty((batch, KD, n_tiles, N) if store_states else (0,), dtype=torch.float32)
-    grid = (triton.cdiv(KD, cfg["BD"]), batch)
+    grid = (triton.cdiv(KD, cfg["BD"]), batch, n_chunks)
     if _tracing(u):
         return y, states
+    flags = dict(SOFTPLUS=delta_softplus, HAS_BIAS=delta_bias is not None)
+    carries = y
+    if n_chunks > 1:
+        carries = u.new_empty((batch, KD, n_chunks, N), dtype=torch.float32)
+        dsums = u.new_empty((batch, KD, n_chunks), dtype=torch.float32)
+        torch.library.wrap_triton(_fwd_chunk_summary_kernel)[grid](
+            u, delta, A, B, _opt(delta_bias, A), carries, dsums,
+            L, KD, KD // K, N, K, n_chunks, per_chunk, num_warps=_FWD_TILES.warps, **flags, **cfg)
+        _carry_chunks(carries, dsums, A, reverse=False)
     torch.library.wrap_triton(_selective_scan_fwd_kernel)[grid](
-        u, delta, A, B, C, _opt(D, A), _opt(delta_bias, A), y, states if store_states else y,
-        L, KD, KD // K, N, K, n_tiles,
-        SOFTPLUS=delta_softplus, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
-        STORE_STATES=store_states, num_warps=_FWD_WARPS, **cfg,
+        u, delta, A, B, C, _opt(D, A), _opt(delta_bias, A), y, states if store_states else y, carries,
+        L, KD, KD // K, N, K, n_tiles, n_chunks, per_chunk,
+        HAS_D=D is not None, STORE_STATES=store_states, CHUNKED=n_chunks > 1,
+        num_warps=_FWD_TILES.warps, **flags, **cfg,
     )
     return y, states
+
+
+def _carry_chunks(table: torch.Tensor, dsums: torch.Tensor, A: torch.Tensor, reverse: bool) -> None:
+    rows = table.shape[0] * table.shape[1] * table.shape[3]
+    block = 128
+    torch.library.wrap_triton(_chunk_carry_kernel)[(triton.cdiv(rows, block),)](
+        table, dsums, A, rows, table.shape[1], table.shape[3], table.shape[2],
+        REVERSE=reverse, BLOCK=block, num_warps=4)
 
 
 @torch.library.triton_op("mambaic::selective_scan_bwd_triton", mutates_args=())
 def selective_scan_bwd_triton(
     dy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
     C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None, delta_softplus: bool,
-    states: torch.Tensor,
+    states: torch.Tensor, n_chunks: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(du, ddelta, dA, dB, dC, dD, ddelta_bias); dD / ddelta_bias are empty when D / delta_bias are None."""
+    """(du, ddelta, dA, dB, dC, dD, ddelta_bias); dD / ddelta_bias are empty when D / delta_bias are
+    None. states: the forward's, whose tiles must be those of _BWD_TILES (the launcher checks)."""
     batch, KD, L = u.shape
     K, N = B.shape[1], A.shape[1]
     G = KD // K
-    cfg = _tile_config(N, _BWD_WARPS)
+    cfg = _tile_config(N, _BWD_TILES)
+    n_tiles = triton.cdiv(L, _tile_steps(_BWD_TILES))
+    if states.shape != (batch, KD, n_tiles, N):
+        raise RuntimeError(f"selective_scan_bwd_triton: states of shape {tuple(states.shape)}, expected "
+                           f"{(batch, KD, n_tiles, N)}: the forward and backward tiles differ")
+    n_chunks, per_chunk = _split(n_tiles, n_chunks)
+    dy = dy.contiguous()
     du = torch.empty_like(u)
     ddelta = torch.empty_like(delta)
-    dA_part = u.new_empty((batch, KD, N), dtype=torch.float32)
+    dA_part = u.new_empty((batch, KD, n_chunks, N), dtype=torch.float32)
     dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
     dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
-    dD_part = u.new_empty((batch, KD), dtype=torch.float32)
-    db_part = u.new_empty((batch, KD), dtype=torch.float32)
-    grid = (triton.cdiv(KD, cfg["BD"]), batch)
+    dD_part = u.new_empty((batch, KD, n_chunks), dtype=torch.float32)
+    db_part = u.new_empty((batch, KD, n_chunks), dtype=torch.float32)
+    grid = (triton.cdiv(KD, cfg["BD"]), batch, n_chunks)
     one_group = G % cfg["BD"] == 0  # every program's channels lie in one group
+    flags = dict(SOFTPLUS=delta_softplus, HAS_BIAS=delta_bias is not None, ONE_GROUP=one_group)
     if not _tracing(u):
+        vin = du
+        if n_chunks > 1:
+            vin = u.new_empty((batch, KD, n_chunks, N), dtype=torch.float32)
+            dsums = u.new_empty((batch, KD, n_chunks), dtype=torch.float32)
+            torch.library.wrap_triton(_bwd_chunk_summary_kernel)[grid](
+                delta, A, C, _opt(delta_bias, A), dy, vin, dsums,
+                L, KD, G, N, K, n_chunks, per_chunk, num_warps=_BWD_TILES.warps, **flags,
+                **{k: v for k, v in cfg.items() if k != "EVEN_N"})
+            _carry_chunks(vin, dsums, A, reverse=True)
         torch.library.wrap_triton(_selective_scan_bwd_kernel)[grid](
-            u, delta, A, B, C, _opt(D, A), _opt(delta_bias, A), dy.contiguous(), states,
+            u, delta, A, B, C, _opt(D, A), _opt(delta_bias, A), dy, states, vin,
             du, ddelta, dA_part, dB, dC, dD_part, db_part,
-            L, KD, G, N, K, _n_tiles(L),
-            SOFTPLUS=delta_softplus, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
-            ONE_GROUP=one_group, num_warps=_BWD_WARPS, **cfg,
+            L, KD, G, N, K, n_tiles, n_chunks, per_chunk,
+            HAS_D=D is not None, CHUNKED=n_chunks > 1, num_warps=_BWD_TILES.warps, **flags, **cfg,
         )
-    dD = dD_part.sum(0) if D is not None else dD_part.new_empty(0)
-    dbias = db_part.sum(0) if delta_bias is not None else db_part.new_empty(0)
-    return du, ddelta, dA_part.sum(0), dB.to(B.dtype), dC.to(C.dtype), dD, dbias
+    dD = dD_part.sum((0, 2)) if D is not None else dD_part.new_empty(0)
+    dbias = db_part.sum((0, 2)) if delta_bias is not None else db_part.new_empty(0)
+    return du, ddelta, dA_part.sum((0, 2)), dB.to(B.dtype), dC.to(C.dtype), dD, dbias
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, delta_bias, delta_softplus, store_states = inputs
+    u, delta, A, B, C, D, delta_bias, delta_softplus, store_states, n_chunks = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, output[1])
     ctx.delta_softplus = delta_softplus
 
@@ -652,9 +911,10 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, dstates):
     u, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
     du, ddelta, dA, dB, dC, dD, dbias = selective_scan_bwd_triton(
-        dy, u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, states)
+        dy, u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, states,
+        _chunking(u.shape[0], u.shape[1], u.shape[2], _BWD_TILES, u.device)[0])
     return (du, ddelta, dA, dB, dC, dD if D is not None else None,
-            dbias if delta_bias is not None else None, None, None)
+            dbias if delta_bias is not None else None, None, None, None)
 
 
 torch.library.register_autograd("mambaic::selective_scan_fwd_triton", _backward, setup_context=_setup_context)
@@ -667,8 +927,10 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
     bias32 = None if delta_bias is None else delta_bias.float().contiguous()
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))
+    batch, KD, L = u.shape
+    n_chunks, _ = _chunking(batch, KD, L, _FWD_TILES, u.device)
     y, _ = torch.ops.mambaic.selective_scan_fwd_triton(
-        u, delta, A32, B, C, D32, bias32, bool(delta_softplus), needs_grad)
+        u, delta, A32, B, C, D32, bias32, bool(delta_softplus), needs_grad, n_chunks)
     return y
 
 

@@ -23,7 +23,7 @@ def _samples(dtype=torch.float32):
                                       (-torch.rand(8, 16, device=DEVICE) - 0.1).requires_grad_(),
                                       g(2, 4, 16, 37), g(2, 4, 16, 37),
                                       torch.randn(8, device=DEVICE).requires_grad_(),
-                                      torch.randn(8, device=DEVICE).requires_grad_(), True, True),
+                                      torch.randn(8, device=DEVICE).requires_grad_(), True, True, 1),
     }
 
 

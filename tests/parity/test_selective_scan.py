@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mambaic_kernels as mk
-from mambaic_kernels import reference
+from mambaic_kernels import _backend, reference
 
 from .conftest import DEVICE, INTERPRETED, require
 from .helpers import assert_close, check_low_precision, grads, leaf
@@ -118,6 +118,43 @@ def test_selective_scan_backend(backend, case, dtype, flags):
     for name, a, b in zip(("du", "ddelta", "dA", "dB", "dC", "dD", "ddelta_bias"), g, gr):
         if b is None:
             continue
+        assert_close(a, b, "selective_scan", dtype, "bwd", f"{what} {name}")
+
+
+CHUNK_CASES = [
+    pytest.param((2, 4, 3, 16, 300), id="B2-K4-G3-N16-L300"),
+    pytest.param((1, 2, 5, 7, 200), id="B1-K2-G5-N7-L200"),
+]
+if DEVICE == "cuda" and not INTERPRETED:
+    CHUNK_CASES += [pytest.param((1, 4, 64, 16, 3001), id="B1-K4-G64-N16-L3001")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("case", CHUNK_CASES)
+def test_triton_chunked(case, dtype, monkeypatch):
+    """The triton kernels with L cut into chunks (summary pass, carry pass, main pass), forward and
+    backward, on shapes small enough that the automatic split would not cut them."""
+    if _backend._load("triton") is not None:
+        pytest.skip(f"triton backend unavailable: {_backend._load('triton')}")
+    from mambaic_kernels.triton import selective_scan as ts
+
+    monkeypatch.setattr(ts, "_MIN_CHUNK_TILES", 1)
+    monkeypatch.setattr(ts, "_PROGRAMS_PER_SM", 10_000)
+    batch, K, G, N, L = case
+    n_chunks, _ = ts._chunking(batch, K * G, L, ts._FWD_TILES, torch.device(DEVICE))
+    assert n_chunks > 2, "the case must cross several chunks"
+    flags = dict(softplus=True, D=True, bias=True)
+    inputs64 = make_inputs(*case, flags)
+    low = [leaf(t, dtype if i in (0, 1, 3, 4) else torch.float32) for i, t in enumerate(inputs64)]
+    with mk.use_backend("triton"):
+        out = mk.selective_scan(*low[:5], low[5], delta_bias=low[6], delta_softplus=True)
+    ref_in = [leaf(t.detach(), torch.float64) for t in low]
+    expected = reference.selective_scan(*ref_in, True)
+    what = f"triton selective_scan, {n_chunks} chunks, {case}"
+    assert_close(out, expected, "selective_scan", dtype, "fwd", what)
+    dout = torch.randn_like(expected)
+    for name, a, b in zip(("du", "ddelta", "dA", "dB", "dC", "dD", "ddelta_bias"),
+                          grads(out, low, dout.to(dtype)), grads(expected, ref_in, dout.to(dtype).double())):
         assert_close(a, b, "selective_scan", dtype, "bwd", f"{what} {name}")
 
 
