@@ -87,7 +87,7 @@ def main(argv=None) -> int:
             if time.perf_counter() - start > args.max_seconds:
                 print("stopping: --max-seconds reached", flush=True)
                 break
-            n = ts._chunking(batch, KD, L, tiles, dev)[0] if chunks == "auto" else int(chunks)
+            n = ts._chunking(batch, KD, L, tiles, dev, ts._FWD_PROGRAMS_PER_SM)[0] if chunks == "auto" else int(chunks)
             n = ts._split(triton_cdiv(L, ts._tile_steps(tiles)), n)[0]
             row = dict(S2=S2, Q=Q, NPL=NPL, warps=warps, BD=ts._tile_config(N, tiles)["BD"], chunks=n)
             try:

@@ -8,12 +8,14 @@ with ``dt = softplus(delta + delta_bias)`` (each part optional). State and sums 
 Minimum bytes (what the benchmark divides by): read u, delta, B and C once, write y once:
 ``(2 * batch * KD * L + 2 * batch * K * N * L) * itemsize + batch * KD * L * itemsize``.
 At batch 1, KD 2048, L 589,824, N 16, K 4, fp32 that is 14.8 GB; the kernel reads and writes
-exactly that (plus A, D, delta_bias), because nothing is re-read: see "Why one pass" below.
+exactly that (plus A, D, delta_bias) when it runs in one pass ("Why one pass" below); the
+chunked path ("Chunks") reads u, delta and B a second time.
 
 Algorithm (forward). One program owns BD channels of one image and walks L in tiles of
 T = Q * SEG steps. Inside a tile the Q segments of SEG consecutive steps run on Q different
-lanes, so a whole image (batch 1) gives KD * NPL * Q threads (32K at KD 2048), enough for the
-132 SMs of an H100. Each thread owns one channel, NPI = N / NPL of the states and one segment:
+lanes, so a whole image (batch 1) gives KD * NPL * Q threads (32K at KD 2048); where that is
+too few programs, L is also cut into chunks (below). Each thread owns one channel, NPI = N / NPL
+of the states and one segment:
 
   pass 1   the segment's end state from a zero start, ``h = a_p h + x_p`` over its SEG steps
            (a_p = exp2(dt_p * A log2(e)), x_p = dt_p u_p B_p), one FFMA per element;
@@ -90,9 +92,9 @@ LN2 = 0.6931471805599453
 
 # Tile shape (fixed, not autotuned: the combine order, hence the rounding, depends on it, and
 # the forward must give the same bits on every run). S = 4 steps in a 16-byte fp32 vector;
-# S2 = 4 vectors make a segment of SEG = 16 steps per thread; Q = 4 segments (lanes) per tile,
-# T = 64 steps. NPL = 4 lanes share the N states of a channel, so a thread holds NPI = N / 4
-# states: 4 * 16 = 64 elements per register tile, which keeps the forward near 180 registers.
+# S2 vectors make a segment of SEG = 4 * S2 steps per thread; Q = 4 segments (lanes) per tile.
+# NPL = 4 lanes share the N states of a channel, so a thread holds NPI = N / 4 states: with
+# S2 = 2 (the default), 4 * 8 = 32 elements per register tile (S2 = 4: 64, ~180 registers).
 class Tiles(NamedTuple):
     S: int = 4      # steps per 16-byte vector
     S2: int = 4     # vectors per segment (SEG = S * S2 steps per thread)
@@ -101,12 +103,19 @@ class Tiles(NamedTuple):
     warps: int = 4  # BD = warps * 32 / (NPL * Q) channels per program
 
 
-_FWD_TILES = Tiles()  # 4 warps x 2 channel lanes = 8 channels per program: 256 programs at KD 2048
-_BWD_TILES = Tiles()
-_MAX_N = 16  # 16 states x 16 steps per thread already use most of the register file
-# Splitting L into chunks (see "Chunks" above): aim for this many programs per SM, and never
-# make a chunk shorter than _MIN_CHUNK_TILES tiles, whose summary pass would cost more than it saves.
-_PROGRAMS_PER_SM = 8
+# From the H100 sweep (bench/scan_sweep.py, RESULTS.md): segments of 8 steps (S2 = 2) beat 16 in both
+# directions (forward 34.4 vs 37.2 ms with chunks, backward 241 vs 291 ms: fewer registers per
+# thread). The forward and backward must share T (the saved states are per tile).
+_FWD_TILES = Tiles(S2=2)  # 4 warps x 2 channel lanes = 8 channels per program: 256 programs at KD 2048
+_BWD_TILES = Tiles(S2=2)
+_MAX_N = 16  # 16 states x 8 steps per thread already use most of the register file
+# Splitting L into chunks (see "Chunks" above): aim for this many programs per SM, and never make a
+# chunk shorter than _MIN_CHUNK_TILES tiles. The forward gained from many small programs up to the
+# largest count measured (64 chunks at the target shape); the backward lost from any split there
+# (its summary pass costs more than the parallelism buys), so it splits only a grid under 2 programs
+# per SM, where most SMs would otherwise idle.
+_FWD_PROGRAMS_PER_SM = 128
+_BWD_PROGRAMS_PER_SM = 2
 _MIN_CHUNK_TILES = 16
 
 
@@ -460,7 +469,7 @@ def _fwd_chunk_summary_kernel(
     (dts, [batch, KD, n_chunks]). No C, no y."""
     T: tl.constexpr = Q * S * S2
     c = tl.program_id(2)
-    (pid_d, b, i_j, i_n, i_s, i_q4, dm, nm, row, brow, toff, A2, A2q, bias, _,
+    (pid_d, b, i_j, i_n, i_s, i_q4, dm, nm, row, brow, toff, A2, A2q, bias, no_D,
      bc_rows, bc_nm, r_t, ch4, n4, row_mask, ch_mask) = _program_setup(
         A_ptr, A_ptr, bias_ptr, L, KD, G, N, K, NPI, NPL, Q, S, S2, BD, False, HAS_BIAS)
     n_full = L // T
@@ -727,7 +736,7 @@ def _bwd_chunk_summary_kernel(
     none enters at its end (vend, [batch, KD, n_chunks, N]), and the chunk's sum of dt."""
     T: tl.constexpr = Q * S * S2
     c = tl.program_id(2)
-    (pid_d, b, i_j, i_n, i_s, i_q4, dm, nm, row, brow, toff, A2, A2q, bias, _,
+    (pid_d, b, i_j, i_n, i_s, i_q4, dm, nm, row, brow, toff, A2, A2q, bias, no_D,
      bc_rows, bc_nm, r_t, ch4, n4, row_mask, ch_mask) = _program_setup(
         A_ptr, A_ptr, bias_ptr, L, KD, G, N, K, NPI, NPL, Q, S, S2, BD, False, HAS_BIAS)
     dm_dy = None
@@ -777,14 +786,15 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _chunking(batch: int, KD: int, L: int, tiles: Tiles, device: torch.device) -> tuple[int, int]:
+def _chunking(batch: int, KD: int, L: int, tiles: Tiles, device: torch.device,
+              programs_per_sm: int) -> tuple[int, int]:
     """(n_chunks, tiles per chunk) for a call. One image of a few thousand channels is only a few
     hundred programs, under one wave of the GPU at the occupancy these kernels run at: L is then cut
     into chunks, each a program, at the price of a summary pass (see "Chunks"). The split depends on
     the shape and the GPU's SM count only, so the forward's rounding is the same on every run."""
     n_tiles = triton.cdiv(L, _tile_steps(tiles))
     programs = triton.cdiv(KD, _tile_config(16, tiles)["BD"]) * batch
-    want = _PROGRAMS_PER_SM * _sm_count(device)
+    want = programs_per_sm * _sm_count(device)
     n_chunks = max(1, min(triton.cdiv(want, programs), n_tiles // _MIN_CHUNK_TILES))
     per_chunk = triton.cdiv(n_tiles, n_chunks)
     return triton.cdiv(n_tiles, per_chunk), per_chunk
@@ -912,7 +922,7 @@ def _backward(ctx, dy, dstates):
     u, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
     du, ddelta, dA, dB, dC, dD, dbias = selective_scan_bwd_triton(
         dy, u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, states,
-        _chunking(u.shape[0], u.shape[1], u.shape[2], _BWD_TILES, u.device)[0])
+        _chunking(u.shape[0], u.shape[1], u.shape[2], _BWD_TILES, u.device, _BWD_PROGRAMS_PER_SM)[0])
     return (du, ddelta, dA, dB, dC, dD if D is not None else None,
             dbias if delta_bias is not None else None, None, None, None)
 
@@ -928,7 +938,7 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))
     batch, KD, L = u.shape
-    n_chunks, _ = _chunking(batch, KD, L, _FWD_TILES, u.device)
+    n_chunks, _ = _chunking(batch, KD, L, _FWD_TILES, u.device, _FWD_PROGRAMS_PER_SM)
     y, _ = torch.ops.mambaic.selective_scan_fwd_triton(
         u, delta, A32, B, C, D32, bias32, bool(delta_softplus), needs_grad, n_chunks)
     return y

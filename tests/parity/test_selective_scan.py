@@ -139,9 +139,10 @@ def test_triton_chunked(case, dtype, monkeypatch):
     from mambaic_kernels.triton import selective_scan as ts
 
     monkeypatch.setattr(ts, "_MIN_CHUNK_TILES", 1)
-    monkeypatch.setattr(ts, "_PROGRAMS_PER_SM", 10_000)
+    monkeypatch.setattr(ts, "_FWD_PROGRAMS_PER_SM", 10_000)
+    monkeypatch.setattr(ts, "_BWD_PROGRAMS_PER_SM", 10_000)
     batch, K, G, N, L = case
-    n_chunks, _ = ts._chunking(batch, K * G, L, ts._FWD_TILES, torch.device(DEVICE))
+    n_chunks, _ = ts._chunking(batch, K * G, L, ts._BWD_TILES, torch.device(DEVICE), 10_000)
     assert n_chunks > 2, "the case must cross several chunks"
     flags = dict(softplus=True, D=True, bias=True)
     inputs64 = make_inputs(*case, flags)
