@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu}
 mkdir -p "$OUT"
 steps=${*:-parity kernels latency}
-export PYTHONUNBUFFERED=1 MAMBAIC_BENCH_OUT="$OUT"
+export PYTHONUNBUFFERED=1 MAMBAIC_BENCH_OUT="$OUT"  # set MAMBAIC_COMMIT where the copy has no current .git
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -m mambaic info | tee -a "$OUT/gpu.txt"
 for step in $steps; do

@@ -6,6 +6,7 @@ way, is the ceiling every GB/s figure is compared with."""
 from __future__ import annotations
 
 import statistics
+import os
 import subprocess
 from pathlib import Path
 
@@ -75,9 +76,17 @@ def machine() -> dict:
 
 
 def git_commit() -> str:
+    """The commit the results come from: $MAMBAIC_COMMIT when set (a copy of the tree whose .git is
+    stale or absent, as on a remote benchmark machine), else HEAD, marked "+modified" when tracked
+    files differ from it, so a figure is never credited to a commit that did not produce it."""
+    if os.environ.get("MAMBAIC_COMMIT"):
+        return os.environ["MAMBAIC_COMMIT"]
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10)
-        return out.stdout.strip() or "unknown"
+        git = dict(capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git).stdout.strip()
+        if not head:
+            return "unknown"
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **git).stdout.strip()
+        return head + ("+modified" if changed else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
