@@ -412,6 +412,28 @@ def _table(ptr, ch4, n4, n_rows, r, N):
 
 
 @triton.jit
+def _chunk_span(carry_ptr, ch4, n4, row_mask, L, N, n_chunks, chunk_tiles, T: tl.constexpr,
+                NPI: tl.constexpr, BD: tl.constexpr, NPL: tl.constexpr, CHUNKED: tl.constexpr):
+    # This program's share of L: its chunk c, whole tiles [first, stop), whether it also owns the
+    # masked tail tile, and the value entering the chunk (the state, or in the backward the adjoint,
+    # from the carry pass; zero without chunks).
+    n_full = L // T
+    if CHUNKED:
+        c = tl.program_id(2)
+        first = c * chunk_tiles
+        stop = tl.minimum(first + chunk_tiles, n_full)
+        last_chunk = c == n_chunks - 1
+        carry = tl.load(_table(carry_ptr, ch4, n4, n_chunks, c, N), mask=row_mask, other=0.0)
+    else:
+        c = 0
+        first = 0
+        stop = n_full
+        last_chunk = True
+        carry = tl.zeros([NPI, BD, NPL, 1], dtype=tl.float32)
+    return c, first, stop, last_chunk, carry, n_full
+
+
+@triton.jit
 def _selective_scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, st_ptr, carry_ptr,
     L, KD, G, N, K, n_tiles, n_chunks, chunk_tiles,
@@ -427,18 +449,8 @@ def _selective_scan_fwd_kernel(
      bc_rows, bc_nm, r_t, ch4, n4, row_mask, _) = _program_setup(
         A_ptr, D_ptr, bias_ptr, L, KD, G, N, K, NPI, NPL, Q, S, S2, BD, HAS_D, HAS_BIAS)
     # EVEN_N: N is a power of two (>= NPL), so no padded states and no mask on the B loads.
-    n_full = L // T
-    if CHUNKED:
-        c = tl.program_id(2)
-        first = c * chunk_tiles
-        stop = tl.minimum(first + chunk_tiles, n_full)
-        last_chunk = c == n_chunks - 1
-        carry = tl.load(_table(carry_ptr, ch4, n4, n_chunks, c, N), mask=row_mask, other=0.0)
-    else:
-        first = 0
-        stop = n_full
-        last_chunk = True
-        carry = tl.zeros([NPI, BD, NPL, 1], dtype=tl.float32)
+    _, first, stop, last_chunk, carry, n_full = _chunk_span(
+        carry_ptr, ch4, n4, row_mask, L, N, n_chunks, chunk_tiles, T, NPI, BD, NPL, CHUNKED)
     for tile in range(first, stop):
         t0 = tile * T
         if STORE_STATES:
@@ -641,19 +653,8 @@ def _selective_scan_bwd_kernel(
     red_off = ((b * K + grp0) * N + n_c).to(tl.int64) * L
     if not EVEN_N:
         red_off = tl.where(nm, red_off, -1)
-    n_full = L // T
-    if CHUNKED:
-        c = tl.program_id(2)
-        first = c * chunk_tiles
-        stop = tl.minimum(first + chunk_tiles, n_full)
-        last_chunk = c == n_chunks - 1
-        vcarry = tl.load(_table(vin_ptr, ch4, n4, n_chunks, c, N), mask=row_mask, other=0.0)
-    else:
-        c = 0
-        first = 0
-        stop = n_full
-        last_chunk = True
-        vcarry = tl.zeros([NPI, BD, NPL, 1], dtype=tl.float32)
+    c, first, stop, last_chunk, vcarry, n_full = _chunk_span(
+        vin_ptr, ch4, n4, row_mask, L, N, n_chunks, chunk_tiles, T, NPI, BD, NPL, CHUNKED)
     dA_acc = tl.zeros([NPI, BD, NPL, Q], dtype=tl.float32)
     dD_acc = tl.zeros([S2, 1, BD, 1, Q, S], dtype=tl.float32)   # per-(channel, step) partial sums
     db_acc = tl.zeros([S2, 1, BD, 1, Q, S], dtype=tl.float32)
