@@ -5,8 +5,8 @@ way, is the ceiling every GB/s figure is compared with."""
 
 from __future__ import annotations
 
-import statistics
 import os
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -75,14 +75,14 @@ def machine() -> dict:
     }
 
 
-def git_commit() -> str:
+def git_commit(root: Path | None = None) -> str:
     """The commit the results come from: $MAMBAIC_COMMIT when set (a copy of the tree whose .git is
     stale or absent, as on a remote benchmark machine), else HEAD, marked "+modified" when tracked
     files differ from it, so a figure is never credited to a commit that did not produce it."""
     if os.environ.get("MAMBAIC_COMMIT"):
         return os.environ["MAMBAIC_COMMIT"]
     try:
-        git = dict(capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10)
+        git = dict(capture_output=True, text=True, cwd=root or Path(__file__).parent, timeout=10)
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git).stdout.strip()
         if not head:
             return "unknown"

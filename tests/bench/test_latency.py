@@ -37,3 +37,41 @@ def test_bad_resolution_is_refused(capsys):
     with pytest.raises(SystemExit):
         latency.main(["--res", "big"])
     assert "--res: 'big' is not a resolution" in capsys.readouterr().err
+
+
+def test_forward_stage_only_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "lat.json", tmp_path / "lat.png"
+    rc = latency.main(["--res", "128x128", "--device", "cpu", "--backend", "torch", "--config", "8,10,0,0,1,0",
+                       "--warmup", "0", "--iters", "1", "--stages", "forward", "--json", str(out), "--plot", str(png)])
+    assert rc == 0
+    (rec,) = json.loads(out.read_text())["results"][0]["backends"]
+    assert rec["forward"]["runs"] == 1
+    assert "compress" not in rec and "decompress" not in rec
+    assert png.stat().st_size > 10_000
+    assert "| 128x128 128x128 | torch |" in capsys.readouterr().out
+
+
+def test_decompress_needs_compress(capsys):
+    with pytest.raises(SystemExit):
+        latency.main(["--res", "128x128", "--device", "cpu", "--stages", "decompress"])
+    assert "decompress decodes the strings that compress writes" in capsys.readouterr().err
+
+
+def test_commit_is_marked_when_the_tree_differs(monkeypatch, tmp_path):
+    import subprocess
+
+    from bench import timing
+
+    monkeypatch.setenv("MAMBAIC_COMMIT", "abc1234")
+    assert timing.git_commit(tmp_path) == "abc1234"
+    monkeypatch.delenv("MAMBAIC_COMMIT")
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,  # noqa: E731
+                                    check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "f.py").write_text("a = 1\n")
+    git("add", "f.py")
+    git("commit", "-qm", "one")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert timing.git_commit(tmp_path) == head
+    (tmp_path / "f.py").write_text("a = 2\n")
+    assert timing.git_commit(tmp_path) == head + "+modified"
