@@ -316,17 +316,19 @@ def _fwd_tile_states(u_ptr, dt_ptr, B_ptr, row, toff, t0, L, carry,
                      NPI: tl.constexpr, BD: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr,
                      S: tl.constexpr, S2: tl.constexpr, SOFTPLUS: tl.constexpr,
                      HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, MASKED: tl.constexpr):
-    # Loads and pass 1 + combine of one tile: (u, a, x, each segment's start, the state leaving
-    # the tile, the tile's sum of dt [1, BD, 1, 1]).
+    # Loads and pass 1 + combine of one tile, for the forward and the backward's recompute:
+    # (u, dt before softplus, dt, dt*u, B, a, x, each segment's decay and start, the state leaving
+    # the tile, the tile's sum of dt [1, BD, 1, 1]). What a caller drops is dead code there.
     SEG: tl.constexpr = S * S2
     tt = t0 + toff
     # per-(channel, step) values in the small tile [S2, 1, BD, 1, Q, S]
     u = _load_tile(u_ptr, row + tt, tt, L, MASKED, None)
-    dt = _load_tile(dt_ptr, row + tt, tt, L, MASKED, None)
+    pre = _load_tile(dt_ptr, row + tt, tt, L, MASKED, None)
     if HAS_BIAS:
-        dt = dt + bias
+        pre = pre + bias
+    dt = pre
     if SOFTPLUS:
-        dt = _softplus(dt)
+        dt = _softplus(pre)
     if MASKED:
         dt = tl.where(tt < L, dt, 0.0)  # steps past L: decay 1, input 0, the state passes through
     dtu = dt * u
@@ -347,7 +349,7 @@ def _fwd_tile_states(u_ptr, dt_ptr, B_ptr, row, toff, t0, L, carry,
     dts = tl.sum(tl.sum(tl.sum(tl.sum(dt, axis=5), axis=0), axis=2, keep_dims=True), axis=0, keep_dims=True)
     Pseg = tl.exp2(dts * A2q)
     start, carry = _segment_starts(Pseg, h, carry, i_q4, NPI, BD, NPL, Q)
-    return u, a, x, start, carry, tl.sum(dts, axis=3, keep_dims=True)
+    return u, pre, dt, dtu, Bt, a, x, Pseg, start, carry, tl.sum(dts, axis=3, keep_dims=True)
 
 
 @triton.jit
@@ -357,7 +359,7 @@ def _fwd_tile(u_ptr, dt_ptr, B_ptr, C_ptr, row, toff, t0, L, carry,
               S: tl.constexpr, S2: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
               HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, MASKED: tl.constexpr):
     SEG: tl.constexpr = S * S2
-    u, a, x, start, carry, _ = _fwd_tile_states(
+    u, pre, dt, dtu, Bt, a, x, Pseg, start, carry, dsum = _fwd_tile_states(
         u_ptr, dt_ptr, B_ptr, row, toff, t0, L, carry, A2, A2q, bias, i_j, i_n, i_s, i_q4,
         bc_rows, bc_nm, r_t, NPI, BD, NPL, Q, S, S2, SOFTPLUS, HAS_BIAS, EVEN_N, MASKED)
     # pass 2: exact states, gathered back into a 6-D tile for y = sum_n C h
@@ -490,12 +492,12 @@ def _fwd_chunk_summary_kernel(
     carry = tl.zeros([NPI, BD, NPL, 1], dtype=tl.float32)
     dsum = tl.zeros([1, BD, 1, 1], dtype=tl.float32)
     for tile in range(first, stop):
-        _, _, _, _, carry, ds = _fwd_tile_states(
+        u, pre, dt, dtu, Bt, a, x, Pseg, start, carry, ds = _fwd_tile_states(
             u_ptr, dt_ptr, B_ptr, row, toff, tile * T, L, carry, A2, A2q, bias, i_j, i_n, i_s, i_q4,
             bc_rows, bc_nm, r_t, NPI, BD, NPL, Q, S, S2, SOFTPLUS, HAS_BIAS, EVEN_N, False)
         dsum += ds
     if c == n_chunks - 1 and n_full * T < L:
-        _, _, _, _, carry, ds = _fwd_tile_states(
+        u, pre, dt, dtu, Bt, a, x, Pseg, start, carry, ds = _fwd_tile_states(
             u_ptr, dt_ptr, B_ptr, row, toff, n_full * T, L, carry, A2, A2q, bias, i_j, i_n, i_s, i_q4,
             bc_rows, bc_nm, r_t, NPI, BD, NPL, Q, S, S2, SOFTPLUS, HAS_BIAS, EVEN_N, True)
         dsum += ds
@@ -538,29 +540,12 @@ def _bwd_tile(u_ptr, dt_ptr, B_ptr, C_ptr, dy_ptr, dB_ptr, dC_ptr,
               HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, ONE_GROUP: tl.constexpr, MASKED: tl.constexpr):
     SEG: tl.constexpr = S * S2
     tt = t0 + toff
-    u = _load_tile(u_ptr, row + tt, tt, L, MASKED, None)
-    pre = _load_tile(dt_ptr, row + tt, tt, L, MASKED, None)
-    if HAS_BIAS:
-        pre = pre + bias
-    dt = pre
-    if SOFTPLUS:
-        dt = _softplus(pre)
-    if MASKED:
-        dt = tl.where(tt < L, dt, 0.0)
+    # ---- forward recompute from the saved tile start h0 (the forward's two passes)
+    u, pre, dt, dtu, Bt, a, x, Pseg, start, h_end, dsum = _fwd_tile_states(
+        u_ptr, dt_ptr, B_ptr, row, toff, t0, L, h0, A2, A2q, bias, i_j, i_n, i_s, i_q4,
+        bc_rows, bc_nm, r_t, NPI, BD, NPL, Q, S, S2, SOFTPLUS, HAS_BIAS, EVEN_N, MASKED)
     # padded channels get dy = 0, so they contribute nothing to dB and dC
     dy = _load_tile(dy_ptr, row + tt, tt, L, MASKED, dm_dy)
-    dtu = dt * u
-    Bt = _load_bc(B_ptr, bc_rows, bc_nm, r_t, t0, L, i_j, i_n, NPI, NPL, Q, S, S2, BD, MASKED, not EVEN_N)
-    Z = tl.join(dt, dtu) * tl.join(tl.broadcast_to(A2, Bt.shape), Bt)
-    dA2, x = tl.split(Z)
-    a = tl.exp2(dA2)
-    # ---- forward recompute from the saved tile start h0 (same two passes as the forward)
-    h = _pick(x, i_j, i_s, 0, 0)
-    for p in tl.static_range(1, SEG):
-        h = _pick(a, i_j, i_s, p // S, p % S) * h + _pick(x, i_j, i_s, p // S, p % S)
-    dts = tl.sum(tl.sum(tl.sum(tl.sum(dt, axis=5), axis=0), axis=2, keep_dims=True), axis=0, keep_dims=True)
-    Pseg = tl.exp2(dts * A2q)
-    start, _ = _segment_starts(Pseg, h, h0, i_q4, NPI, BD, NPL, Q)
     hs = ()
     h = start
     H = tl.zeros(Bt.shape, dtype=tl.float32)

@@ -142,6 +142,14 @@ def _window_probs(q, k, table, head, wr, wc, n_rows, n_cols, ti, tj, valid, scal
 
 
 @triton.jit
+def _load_qkv(qkv, row, head, d, io_mask, dim, HEAD_DIM: tl.constexpr):
+    # q, k, v of one head at the window's tokens, [T, HD] each, from rows of (q | k | v) x dim.
+    src = qkv + row[:, None] * (3 * dim) + head * HEAD_DIM + d[None, :]
+    return (tl.load(src, mask=io_mask, other=0.0), tl.load(src + dim, mask=io_mask, other=0.0),
+            tl.load(src + 2 * dim, mask=io_mask, other=0.0))
+
+
+@triton.jit
 def _window_attention_fwd_kernel(
     qkv,  # (B, H, W, 3*dim), channels (q|k|v, head, head_dim)
     table,  # (heads, 2w-1, 2w-1)
@@ -163,10 +171,7 @@ def _window_attention_fwd_kernel(
     io_mask = valid[:, None] & (d < HEAD_DIM)[None, :]
 
     # ---- Phase 1: gather q, k, v of this head at the window's tokens (64-byte runs for fp32 d=16).
-    src = qkv + row[:, None] * (3 * dim) + head * HEAD_DIM + d[None, :]
-    q = tl.load(src, mask=io_mask, other=0.0)
-    k = tl.load(src + dim, mask=io_mask, other=0.0)
-    v = tl.load(src + 2 * dim, mask=io_mask, other=0.0)
+    q, k, v = _load_qkv(qkv, row, head, d, io_mask, dim, HEAD_DIM)
 
     # ---- Phase 2: P = softmax(q k^T * scale + bias [+ mask]) in registers.
     p, inv_sum = _window_probs(q, k, table, head, wr, wc, n_rows, n_cols, ti, tj, valid, scale_log2e,
@@ -202,10 +207,7 @@ def _window_attention_bwd_kernel(
     io_mask = valid[:, None] & (d < HEAD_DIM)[None, :]
 
     # ---- Phase 1: reload q, k, v and d out; recompute P exactly as the forward did.
-    src = qkv + row[:, None] * (3 * dim) + head * HEAD_DIM + d[None, :]
-    q = tl.load(src, mask=io_mask, other=0.0)
-    k = tl.load(src + dim, mask=io_mask, other=0.0)
-    v = tl.load(src + 2 * dim, mask=io_mask, other=0.0)
+    q, k, v = _load_qkv(qkv, row, head, d, io_mask, dim, HEAD_DIM)
     do = tl.load(dout + row[:, None] * dim + head * HEAD_DIM + d[None, :], mask=io_mask, other=0.0)
     p, inv_sum = _window_probs(q, k, table, head, wr, wc, n_rows, n_cols, ti, tj, valid, scale_log2e,
                                WINDOW, SHIFTED, DOT_PRECISION, UPCAST)
