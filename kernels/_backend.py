@@ -1,7 +1,9 @@
 """Backend dispatch: the one place that decides which implementation runs an op.
 
 ``MAMBAIC_BACKEND=torch|triton|cuda|auto`` (default ``auto``) is read at call time, so a
-process can change it between calls; :func:`use_backend` overrides it in code for a block.
+process can change it between calls; :func:`use_backend` overrides it in code for a block, for
+every op or op by op; :func:`recording` lists which backend ran each op inside a block (the
+``.mic`` header records it, and the decoder follows it).
 
 Each backend registers, per op, an implementation and a ``supports(**meta)`` verifier that
 returns ``None`` when it can take the call or a sentence saying why not (device, dtype, the
@@ -59,7 +61,9 @@ class Implementation:
 _registry: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
 _load_errors: dict[str, str] = {}
 _loaded: set[str] = set()
-_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("mambaic_backend", default=None)
+# use_backend's choice: one backend name for every op, or {op: name} for some ops.
+_override: contextvars.ContextVar[str | dict | None] = contextvars.ContextVar("mambaic_backend", default=None)
+_recorder: contextvars.ContextVar[dict | None] = contextvars.ContextVar("mambaic_backend_record", default=None)
 _logged_auto: set[tuple] = set()
 
 
@@ -83,11 +87,16 @@ def _load(backend: str) -> str | None:
     return _load_errors.get(backend)
 
 
-def requested() -> tuple[str, str]:
-    """The backend asked for and who asked: the innermost :func:`use_backend`, else ``$MAMBAIC_BACKEND``."""
-    name = _override.get()
-    if name is not None:
-        return name, f"use_backend({name!r})"
+def requested(op: str | None = None) -> tuple[str, str]:
+    """The backend asked for ``op`` and who asked: the innermost :func:`use_backend` that names
+    it (or names one backend for all ops), else ``$MAMBAIC_BACKEND``."""
+    value = _override.get()
+    if isinstance(value, dict):
+        value = value.get(op)
+        if value is not None:
+            return value, f"use_backend({{{op!r}: {value!r}}})"
+    elif value is not None:
+        return value, f"use_backend({value!r})"
     name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
     if name not in CHOICES:
         raise ValueError(f"{ENV_VAR}={name!r} is not a backend; choose one of {'|'.join(CHOICES)}")
@@ -95,19 +104,54 @@ def requested() -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
+def use_backend(name: "str | dict[str, str]") -> Iterator[None]:
     """Run the block with ``name`` as the backend, whatever ``MAMBAIC_BACKEND`` says.
+
+    ``name`` is one backend for every op, or a dict {op: backend} for some ops (the others keep
+    the variable's choice).
 
     >>> with use_backend("torch"):
     ...     y = cross_scan(x)
+    >>> with use_backend({"selective_scan": "triton", "cross_scan": "torch"}):
+    ...     ...
     """
-    if name not in CHOICES:
-        raise ValueError(f"use_backend: {name!r} is not a backend; choose one of {'|'.join(CHOICES)}")
+    choices = name.items() if isinstance(name, dict) else [(None, name)]
+    for op, backend in choices:
+        if op is not None and op not in OPS:
+            raise ValueError(f"use_backend: {op!r} is not an op; ops are {', '.join(OPS)}")
+        if backend not in CHOICES:
+            raise ValueError(f"use_backend: {backend!r} is not a backend; choose one of {'|'.join(CHOICES)}")
+    if isinstance(name, dict):  # per op, on top of what an enclosing use_backend chose
+        outer = _override.get()
+        name = {**({op: outer for op in OPS} if isinstance(outer, str) else outer or {}), **name}
     token = _override.set(name)
     try:
         yield
     finally:
         _override.reset(token)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[dict[str, list[str]]]:
+    """Collect, for each op called in the block, the backends that ran it (in first-use order).
+
+    >>> with recording() as used:
+    ...     model(x)
+    >>> used
+    {'cross_scan': ['triton'], 'selective_scan': ['triton'], ...}
+    """
+    used: dict[str, list[str]] = {}
+    token = _recorder.set(used)
+    try:
+        yield used
+    finally:
+        _recorder.reset(token)
+
+
+def _note(op: str, backend: str) -> None:
+    used = _recorder.get()
+    if used is not None and backend not in used.setdefault(op, []):
+        used[op].append(backend)
 
 
 def why_unavailable(op: str, backend: str, **meta) -> str | None:
@@ -119,6 +163,16 @@ def why_unavailable(op: str, backend: str, **meta) -> str | None:
     if impl is None:
         return f"the {backend} backend has no {op} kernel"
     return impl.supports(**meta)
+
+
+# A typical call of each op in MambaIC (float32, d_state 16, 8x8 windows of 16-channel heads):
+# what `mambaic info` and the .mic decoder ask a backend before any real call.
+TYPICAL_CALL = dict(dtype=torch.float32, d_state=16, window=8, head_dim=16)
+
+
+def why_unavailable_typically(op: str, backend: str, device: str) -> str | None:
+    """None if ``backend`` can run MambaIC's usual calls of ``op`` on ``device``, else why not."""
+    return why_unavailable(op, backend, device=device, **TYPICAL_CALL)
 
 
 def available_backends(op: str, **meta) -> list[str]:
@@ -140,7 +194,14 @@ def _profiled(name: str, fn: Callable, *args):
 
 
 def _resolve(op: str, **meta) -> Callable:
-    name, source = requested()
+    name = _choose(op, **meta)
+    _note(op, name)
+    return _registry[op][name].fn
+
+
+def _choose(op: str, **meta) -> str:
+    """The name of the backend that runs this call (the requested one, or auto's pick)."""
+    name, source = requested(op)
     if name != "auto":
         reason = why_unavailable(op, name, **meta)
         if reason is not None:
@@ -149,7 +210,7 @@ def _resolve(op: str, **meta) -> Callable:
                 f"{source}, but {reason}; "
                 f"backends available for this {op} call: {'|'.join(avail + ['auto'])}"
             )
-        return _registry[op][name].fn
+        return name
     rejected = {}
     for candidate in AUTO_ORDER.get(meta.get("device"), AUTO_FALLBACK):
         reason = why_unavailable(op, candidate, **meta)
@@ -158,7 +219,7 @@ def _resolve(op: str, **meta) -> Callable:
             if key not in _logged_auto:
                 _logged_auto.add(key)
                 log.info("auto backend for %s %s: %s (rejected: %s)", op, meta, candidate, rejected)
-            return _registry[op][candidate].fn
+            return candidate
         rejected[candidate] = reason
     raise BackendUnavailableError(f"no backend can run {op} for {meta}: {rejected}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -14,7 +15,7 @@ class UserError(Exception):
     """A mistake in the command line or its files: printed as `Error: ...`, no traceback."""
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, device_help: str, threads_help: str) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="CKPT", help="official or mambaic checkpoint (.pth.tar)")
     source.add_argument(
@@ -27,7 +28,28 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     small.add_argument("--depths", type=_depths, help="VSS blocks per stage, e.g. 2,2,9,2")
     small.add_argument("--num-slices", type=int, help="channel slices (default 5)")
     small.add_argument("--z-channels", type=int, help="hyper-latent channels (default 192)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default cpu)")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the model runs (default auto: " + device_help + ")",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive,
+        metavar="T",
+        help="CPU threads (torch.set_num_threads; default: " + threads_help + ")",
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def _depths(text: str) -> tuple[int, ...]:
@@ -46,10 +68,33 @@ def size_options(args: argparse.Namespace) -> dict:
     return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
 
 
-def build_model(args: argparse.Namespace, defaults: dict | None = None):
-    """The model the options ask for, on ``args.device``; ``defaults`` fill unset size options."""
+def resolve_device(args: argparse.Namespace, recorded: str | None = None) -> str:
+    """``--device``, or for auto: ``recorded`` (the encoder's device) if this machine has it, else
+    cuda when there is a GPU, else cpu."""
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda, but torch.cuda.is_available() is False; use --device cpu")
+    if args.device != "auto":
+        return args.device
+    if recorded in ("cpu", "cuda") and (recorded == "cpu" or torch.cuda.is_available()):
+        return recorded
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# A thread count taken from a file is used as it is (the arithmetic depends on it, not on the
+# cores), up to this bound against forged headers.
+MAX_THREADS = 1024
+
+
+def resolve_threads(args: argparse.Namespace, recorded: int | None = None) -> int:
+    """Set torch's CPU thread count from ``--threads``, else from ``recorded``; returns the count."""
+    threads = args.threads or (recorded if isinstance(recorded, int) and 0 < recorded <= MAX_THREADS else None)
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def build_model(args: argparse.Namespace, device: str, defaults: dict | None = None):
+    """The model the options ask for, on ``device``; ``defaults`` fill unset size options."""
     sizes = size_options(args)
     if args.checkpoint:
         if sizes:
@@ -63,7 +108,7 @@ def build_model(args: argparse.Namespace, defaults: dict | None = None):
             model = random_model(args.seed, **{**(defaults or {}), **sizes})
         except ValueError as exc:
             raise UserError(str(exc)) from None
-    return model.to(args.device)
+    return model.to(device)
 
 
 def run_command(run, args) -> int:

@@ -12,10 +12,10 @@ import sys
 import time
 import warnings
 
-from ._model import UserError, add_model_arguments, build_model, run_command
+from ._model import UserError, add_model_arguments, build_model, resolve_device, resolve_threads, run_command
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
     if device == "cuda":
         import torch
 
@@ -24,6 +24,7 @@ def _sync(device: str) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from mambaic.codec import encode_image, weights_fingerprint
+    from mambaic.codec.platform import describe
     from mambaic.image import ImageError, read_image, write_atomic
     from mambaic_kernels import BackendUnavailableError
 
@@ -36,17 +37,19 @@ def run(args: argparse.Namespace) -> None:
     except (ImageError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
 
+    device = resolve_device(args)
+    resolve_threads(args)
     t0 = time.perf_counter()
-    model = build_model(args)
+    model = build_model(args, device)
     model.update()
     fingerprint = weights_fingerprint(model)
-    _sync(args.device)
+    sync(device)
     t1 = time.perf_counter()
     try:
         encoded = encode_image(model, x, fingerprint)
     except BackendUnavailableError as exc:
         raise UserError(str(exc)) from None
-    _sync(args.device)
+    sync(device)
     t2 = time.perf_counter()
     try:
         write_atomic(args.output, encoded.data)
@@ -59,12 +62,13 @@ def run(args: argparse.Namespace) -> None:
         padded = f" (coded as {mic.width + mic.pad_right}x{mic.height + mic.pad_bottom})"
     print(f"{args.input}: {mic.width}x{mic.height}{padded} -> {args.output}: {len(encoded.data)} bytes")
     print(f"bpp: {encoded.bits_per_pixel():.4f} (strings only: {encoded.bits_per_pixel(whole_file=False):.4f})")
-    print(f"time: model {t1 - t0:.2f} s, encode {t2 - t1:.2f} s on {args.device}")
+    print(f"time: model {t1 - t0:.2f} s, encode {t2 - t1:.2f} s")
+    print(f"encoded with {describe(mic.platform)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mambaic compress", description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="image file (PNG, JPEG, ... read with PIL)")
     parser.add_argument("output", help="the .mic file to write (atomically)")
-    add_model_arguments(parser)
+    add_model_arguments(parser, device_help="cuda if there is a GPU, else cpu", threads_help="torch's")
     return run_command(run, parser.parse_args(argv))

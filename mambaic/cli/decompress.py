@@ -1,21 +1,36 @@
 """`mambaic decompress IN.mic OUT.png --checkpoint CKPT`: decode a .mic file into a PNG.
 
 The file is checked (magic, version, CRCs, sizes) before the model is built, and refused if it
-was encoded with other weights. With --random-init, unset size options default to the ones
-recorded in the file.
+was encoded with other weights. By default the decoder follows the encoder: the device, the
+backend of each op (when MAMBAIC_BACKEND is unset or auto) and the CPU thread count recorded in
+the file, where this machine has them. Each part of the latent is checked against the encoder's
+checksum as soon as it is decoded; on a mismatch the command stops, says what differs between
+the two platforms, and writes nothing. With --random-init, unset size options default to the
+ones recorded in the file.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+import warnings
 
-from ._model import UserError, add_model_arguments, build_model, run_command
+from ._model import UserError, add_model_arguments, build_model, resolve_device, resolve_threads, run_command
+from .compress import sync
 
 
 def run(args: argparse.Namespace) -> None:
-    from mambaic.codec import MicFormatError, WeightsMismatchError, decode_image, read_mic, weights_fingerprint
+    from mambaic.codec import (
+        LatentMismatchError,
+        MicFormatError,
+        ModelMismatchError,
+        decode_image,
+        read_mic,
+        weights_fingerprint,
+    )
+    from mambaic.codec.platform import describe
     from mambaic.image import write_png
     from mambaic_kernels import BackendUnavailableError
 
@@ -29,32 +44,47 @@ def run(args: argparse.Namespace) -> None:
     except MicFormatError as exc:
         raise UserError(str(exc)) from None
 
+    recorded = mic.platform or {}
+    # version 1 files record no device; `mambaic compress` then ran on the CPU unless told otherwise
+    device = resolve_device(args, recorded.get("device", "cpu"))
+    if device == "cpu" and recorded.get("device") == "cpu":
+        resolve_threads(args, recorded.get("threads"))
+    else:
+        resolve_threads(args)
     t0 = time.perf_counter()
-    recorded = dict(N=mic.N, M=mic.M, depths=mic.depths, num_slices=mic.num_slices, z_channels=mic.z_channels)
-    model = build_model(args, defaults=recorded)
+    sizes = dict(N=mic.N, M=mic.M, depths=mic.depths, num_slices=mic.num_slices, z_channels=mic.z_channels)
+    model = build_model(args, device, defaults=sizes)
     model.update()
     fingerprint = weights_fingerprint(model)
     t1 = time.perf_counter()
     try:
-        x_hat, _ = decode_image(model, mic, os.fspath(args.input), fingerprint)
-    except (WeightsMismatchError, MicFormatError, BackendUnavailableError) as exc:
-        raise UserError(str(exc)) from None
-    if args.device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            x_hat, _ = decode_image(model, mic, os.fspath(args.input), fingerprint)
+    except (ModelMismatchError, MicFormatError, LatentMismatchError, BackendUnavailableError) as exc:
+        raise UserError(f"{exc}\nNothing was written.") from None
+    for w in caught:
+        print(f"Warning: {w.message}", file=sys.stderr)
+    sync(device)
     t2 = time.perf_counter()
     try:
         write_png(args.output, x_hat)
     except OSError as exc:
         raise UserError(f"{args.output}: cannot write ({exc})") from None
     print(f"{args.input} -> {args.output}: {mic.width}x{mic.height}")
-    print(f"time: model {t1 - t0:.2f} s, decode {t2 - t1:.2f} s on {args.device}")
+    if mic.verifiable:
+        print(f"verified: the {1 + 2 * mic.num_slices} latent parts match the encoder's checksums")
+        print(f"encoded with {describe(recorded)}")
+    print(f"time: model {t1 - t0:.2f} s, decode {t2 - t1:.2f} s on {device}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mambaic decompress", description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="a .mic file written by `mambaic compress`")
     parser.add_argument("output", help="the PNG to write (atomically)")
-    add_model_arguments(parser)
+    add_model_arguments(
+        parser,
+        device_help="the encoder's, if this machine has it, else cpu",
+        threads_help="the encoder's when both run on the CPU, else torch's",
+    )
     return run_command(run, parser.parse_args(argv))

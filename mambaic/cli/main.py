@@ -6,7 +6,7 @@ import importlib
 import sys
 
 COMMANDS = {
-    "info": "versions, GPU and which kernel backends are available",
+    "info": "versions, GPU and kernel backends; or what a .mic file records (mambaic info FILE.mic)",
     "compress": "encode an image into a .mic file",
     "decompress": "decode a .mic file into a PNG",
 }

@@ -1,19 +1,36 @@
-"""The .mic codec: container format, weight fingerprints, and image encode / decode."""
+"""The .mic codec: container format, model fingerprints, platform records, verified encode / decode."""
 
-from .container import MAGIC, VERSION, MicFile, MicFormatError
-from .fingerprint import weights_fingerprint
-from .image_codec import Encoded, WeightsMismatchError, check_model, decode_image, encode_image, read_mic
+from .container import MAGIC, VERSION, MicFile, MicFormatError, latent_checksum, part_name
+from .fingerprint import legacy_fingerprint, tables_fingerprint, weights_fingerprint
+from .image_codec import Encoded, decode_image, encode_image, encoder_backends, read_mic
+from .verify import (
+    LatentMismatchError,
+    ModelMismatchError,
+    TablesMismatchError,
+    UnverifiedFileWarning,
+    WeightsMismatchError,
+    check_model,
+)
 
 __all__ = [
     "MAGIC",
     "VERSION",
     "Encoded",
+    "LatentMismatchError",
     "MicFile",
     "MicFormatError",
+    "ModelMismatchError",
+    "TablesMismatchError",
+    "UnverifiedFileWarning",
     "WeightsMismatchError",
     "check_model",
     "decode_image",
     "encode_image",
+    "encoder_backends",
+    "latent_checksum",
+    "legacy_fingerprint",
+    "part_name",
     "read_mic",
+    "tables_fingerprint",
     "weights_fingerprint",
 ]

@@ -1,32 +1,41 @@
 """The ``.mic`` container: one MambaIC-coded image in a file.
 
-All integers little-endian. Offsets in bytes from the start of the file (S = num_slices)::
+All integers little-endian. Offsets in bytes from the start of the file (S = num_slices,
+P = 1 + 2S parts: z, then per slice the anchors and the non-anchors)::
 
-    offset  size  field            meaning
-    0       4     magic            b"MBIC"
-    4       1     version          1
-    5       1     flags            0 (reserved)
-    6       2     header_size      bytes before the payload: 80 + 4 * (1 + 2S) + 4
-    8       4     height           original image height (pixels)
-    12      4     width            original image width
-    16      2     pad_bottom       rows added below the image before coding
-    18      2     pad_right        columns added on its right
-    20      1     padding          1 = replicate (the last row / column repeated)
-    21      1     num_slices       S
-    22      2     N                model width (informative: the fingerprint decides)
-    24      2     M                latent channels
-    26      4     depths           VSS blocks per stage, 4 x u8
-    30      2     z_channels       hyper-latent channels
-    32      8     y_shape          latent height, width (u32 each) = padded size / 16
-    40      8     z_shape          hyper-latent height, width = y_shape / 4
-    48      16    fingerprint      first 16 bytes of SHA-256 of the model weights
-    64      8     payload_size     bytes after the header
-    72      4     payload_crc32    CRC32 of the payload
-    76      4     reserved         0
-    80      4(1+2S) string_lengths  z, then per slice: anchor, non-anchor
-    ...     4     header_crc32     CRC32 of every header byte before this field
+    offset  size  field               meaning
+    0       4     magic               b"MBIC"
+    4       1     version             2 (1: the first format, read for compatibility)
+    5       1     flags               0 (reserved)
+    6       2     header_size         bytes before the payload: 88 + 8P + platform_size + 4
+    8       4     height              original image height (pixels)
+    12      4     width               original image width
+    16      2     pad_bottom          rows added below the image before coding
+    18      2     pad_right           columns added on its right
+    20      1     padding             1 = replicate (the last row / column repeated)
+    21      1     num_slices          S
+    22      2     N                   model width (informative: the fingerprint decides)
+    24      2     M                   latent channels
+    26      4     depths              VSS blocks per stage, 4 x u8
+    30      2     z_channels          hyper-latent channels
+    32      8     y_shape             latent height, width (u32 each) = padded size / 16
+    40      8     z_shape             hyper-latent height, width = y_shape / 4
+    48      16    fingerprint         first 16 bytes of SHA-256 of the model weights
+    64      8     payload_size        bytes after the header
+    72      4     payload_crc32       CRC32 of the payload
+    76      2     platform_size       bytes of the deflated platform record
+    78      2     reserved            0
+    80      8     tables_fingerprint  first 8 bytes of SHA-256 of the entropy coder's tables
+    88      4P    string_lengths      z, then per slice: anchor, non-anchor
+    88+4P   4P    latent_checksums    per part, CRC32 of its int32 symbols (little-endian, coding order)
+    88+8P   ...   platform            the encoder's platform (codec/platform.py): a JSON object,
+                                      raw-deflated with the preset dictionary PLATFORM_DICTIONARY
+    ...     4     header_crc32        CRC32 of every header byte before this field
 
     payload: z string, then per slice the anchor string and the non-anchor string, back to back.
+
+Version 1 has the same first 76 bytes, then 4 reserved bytes, the string lengths and the header
+CRC (header_size 80 + 4P + 4): no tables fingerprint, no checksums, no platform.
 
 Reading checks, in order: magic, version, header size, header CRC, the consistency of sizes and
 shapes, the file size against the header, the payload CRC. Each failure is a
@@ -36,16 +45,32 @@ file reaches the entropy decoder.
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mambaic.models import IMAGE_MULTIPLE
 
 MAGIC = b"MBIC"
-VERSION = 1
+VERSION = 2  # what this mambaic writes
+READABLE_VERSIONS = (1, 2)
 PADDING_REPLICATE = 1
-_FIXED = (  # (field, struct format) of the fixed part, in file order
+MAX_PLATFORM_BYTES = 4096  # the platform JSON is about 300 bytes; more means a forged file
+CHECKSUM_BYTES = 4
+# The platform record is JSON deflated against this preset dictionary (zlib's zdict): the usual
+# keys and values then cost a few dozen bytes instead of about 300, which matters at low rates
+# (300 bytes are 0.6% of a Kodak image at 0.1 bpp). Fixed for version 2: a file's record decodes
+# only with the dictionary it was written with.
+PLATFORM_DICTIONARY = (
+    b'"AMD EPYC"Intel(R) Xeon(R)"NVIDIA A100-SXM4-80GB"NVIDIA H100 80GB HBM3"NVIDIA GeForce RTX 4090"'
+    b'"bf16"fp16"tf32"vmamba"ss2d_core":"cuda":"cpu":"torch":"triton"'
+    b'{"backends":{"cross_merge":"triton","cross_scan":"triton","selective_scan":"triton",'
+    b'"window_attention":"triton"},"compressai":"1.2.8","cuda":"13.0","device":"cuda",'
+    b'"device_name":"NVIDIA H200","mambaic":"0.1.0","precision":"fp32","threads":16,'
+    b'"torch":"2.11.0+cu130","triton":"3.6.0"}'
+)
+_COMMON = (  # (field, struct format) of the first 76 bytes, in file order: the same in every version
     ("magic", "4s"),
     ("version", "B"),
     ("flags", "B"),
@@ -65,13 +90,61 @@ _FIXED = (  # (field, struct format) of the fixed part, in file order
     ("fingerprint", "16s"),
     ("payload_size", "Q"),
     ("payload_crc32", "I"),
-    ("reserved", "I"),
 )
-FIXED_SIZE = struct.calcsize("<" + "".join(f for _, f in _FIXED))  # 80
+_FIXED = {
+    1: _COMMON + (("reserved", "I"),),
+    2: _COMMON + (("platform_size", "H"), ("reserved", "H"), ("tables_fingerprint", "8s")),
+}
+FIXED_SIZE = {v: struct.calcsize("<" + "".join(f for _, f in fields)) for v, fields in _FIXED.items()}  # 80, 88
 
 
-def header_size(num_slices: int) -> int:
-    return FIXED_SIZE + 4 * (1 + 2 * num_slices) + 4
+def header_size(num_slices: int, version: int = VERSION, platform_size: int = 0) -> int:
+    parts = 1 + 2 * num_slices
+    per_part = 4 if version == 1 else 4 + CHECKSUM_BYTES
+    return FIXED_SIZE[version] + per_part * parts + platform_size + 4
+
+
+def part_name(part: int, num_slices: int) -> str:
+    """Part 0 is z; parts 1 + 2i and 2 + 2i the anchors and non-anchors of slice i (1-based in words)."""
+    if part == 0:
+        return "z (the hyper-latent)"
+    i, colour = divmod(part - 1, 2)
+    return f"slice {i + 1} of {num_slices} ({'non-anchors' if colour else 'anchors'})"
+
+
+def latent_checksum(symbols) -> bytes:
+    """CRC32 of integer symbols (a tensor) as int32 little-endian in their order: 4 bytes."""
+    array = symbols.detach().to("cpu").contiguous().numpy().astype("<i4", copy=False)
+    return struct.pack("<I", zlib.crc32(array.tobytes()))
+
+
+def pack_platform(platform: dict) -> bytes:
+    """The platform record as stored: compact JSON, raw-deflated with PLATFORM_DICTIONARY."""
+    text = json.dumps(platform, sort_keys=True, separators=(",", ":")).encode()
+    if len(text) > MAX_PLATFORM_BYTES:
+        raise ValueError(f"the platform record is {len(text)} bytes of JSON, at most {MAX_PLATFORM_BYTES}")
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15, zdict=PLATFORM_DICTIONARY)
+    return deflate.compress(text) + deflate.flush()
+
+
+def unpack_platform(raw: bytes) -> dict:
+    """Inverse of :func:`pack_platform`; ValueError if it is not such a record (bounded output)."""
+    inflate = zlib.decompressobj(-15, zdict=PLATFORM_DICTIONARY)
+    try:
+        text = inflate.decompress(raw, MAX_PLATFORM_BYTES + 1)
+    except zlib.error as exc:
+        raise ValueError(f"not a deflated record ({exc})") from None
+    if len(text) > MAX_PLATFORM_BYTES or inflate.unconsumed_tail:
+        raise ValueError(f"inflates to more than {MAX_PLATFORM_BYTES} bytes")
+    if not inflate.eof or inflate.unused_data:
+        raise ValueError("the deflated record is truncated or followed by other bytes")
+    try:
+        value = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"not a UTF-8 JSON record ({exc})") from None
+    if not isinstance(value, dict) or not isinstance(value.get("backends", {}), dict):
+        raise ValueError("not a JSON object with a 'backends' object")
+    return value
 
 
 class MicFormatError(ValueError):
@@ -84,7 +157,11 @@ class MicFormatError(ValueError):
 
 @dataclass
 class MicFile:
-    """The content of a .mic file. ``slices`` holds (anchor string, non-anchor string) per slice."""
+    """The content of a .mic file. ``slices`` holds (anchor string, non-anchor string) per slice.
+
+    Version 2 adds ``tables_fingerprint``, ``checksums`` (one per part, in string order) and
+    ``platform`` (the encoder's, a dict); they are None in a version 1 file.
+    """
 
     height: int
     width: int
@@ -99,31 +176,48 @@ class MicFile:
     fingerprint: bytes
     z_string: bytes
     slices: list[tuple[bytes, bytes]]
+    tables_fingerprint: bytes | None = None
+    checksums: list[bytes] | None = None
+    platform: dict | None = None
+    version: int = field(default=VERSION)
 
     @property
     def num_slices(self) -> int:
         return len(self.slices)
+
+    @property
+    def verifiable(self) -> bool:
+        """Whether the file carries latent checksums (version 2)."""
+        return self.checksums is not None
 
     def strings(self) -> list[bytes]:
         """All entropy-coded strings in payload order."""
         return [self.z_string] + [s for pair in self.slices for s in pair]
 
     def to_bytes(self) -> bytes:
+        """The file, in the current version (only version 2 is written)."""
+        parts = 1 + 2 * self.num_slices
+        if self.tables_fingerprint is None or self.checksums is None or self.platform is None:
+            raise ValueError("MicFile.to_bytes: version 2 needs tables_fingerprint, checksums and platform")
+        if len(self.checksums) != parts or any(len(c) != CHECKSUM_BYTES for c in self.checksums):
+            raise ValueError(f"MicFile.to_bytes: need {parts} checksums of {CHECKSUM_BYTES} bytes")
+        platform = pack_platform(self.platform)
         strings = self.strings()
         payload = b"".join(strings)
         values = dict(
-            magic=MAGIC, version=VERSION, flags=0, header_size=header_size(self.num_slices),
+            magic=MAGIC, version=VERSION, flags=0, header_size=header_size(self.num_slices, VERSION, len(platform)),
             height=self.height, width=self.width, pad_bottom=self.pad_bottom, pad_right=self.pad_right,
             padding=PADDING_REPLICATE, num_slices=self.num_slices, N=self.N, M=self.M, depths=self.depths,
             z_channels=self.z_channels, y_shape=self.y_shape, z_shape=self.z_shape,
-            fingerprint=self.fingerprint, payload_size=len(payload),
-            payload_crc32=zlib.crc32(payload), reserved=0,
+            fingerprint=self.fingerprint, payload_size=len(payload), payload_crc32=zlib.crc32(payload),
+            platform_size=len(platform), reserved=0, tables_fingerprint=self.tables_fingerprint,
         )  # fmt: skip
         head = b"".join(
             struct.pack("<" + fmt, *(values[name] if isinstance(values[name], tuple) else (values[name],)))
-            for name, fmt in _FIXED
+            for name, fmt in _FIXED[VERSION]
         )
         head += struct.pack(f"<{len(strings)}I", *map(len, strings))
+        head += b"".join(self.checksums) + platform
         head += struct.pack("<I", zlib.crc32(head))
         return head + payload
 
@@ -149,21 +243,46 @@ class _Reader:
         self.offset += size
         return values if len(values) > 1 else values[0]
 
+    def take_bytes(self, field: str, size: int) -> bytes:
+        if self.offset + size > len(self.data):
+            self.fail(field, f"the file ends at byte {len(self.data)}, {size} bytes needed (truncated file?)")
+        self.offset += size
+        return self.data[self.offset - size : self.offset]
+
     def read(self) -> MicFile:
         h, at = {}, {}
-        for name, fmt in _FIXED:
+        version = None
+        fields = list(_COMMON)
+        while fields:
+            name, fmt = fields.pop(0)
             at[name] = self.offset
             h[name] = self.take(name, fmt)
             if name == "magic" and h[name] != MAGIC:
                 self.fail("magic", f"found {h[name]!r}, expected {MAGIC!r}: not a .mic file", 0)
-            if name == "version" and h[name] != VERSION:
-                self.fail("version", f"format version {h[name]} is not supported (this mambaic reads {VERSION})", 4)
+            if name == "version":
+                version = h[name]
+                if version not in READABLE_VERSIONS:
+                    self.fail("version", f"format version {version} is not supported (this mambaic reads "
+                                         f"{', '.join(map(str, READABLE_VERSIONS))})", 4)  # fmt: skip
+                fields = list(_FIXED[version][len(at) :])
         S = h["num_slices"]
-        if h["header_size"] != header_size(S):
-            self.fail("header_size", f"{h['header_size']} does not fit num_slices={S} (expected {header_size(S)})", 6)
+        parts = 1 + 2 * S
+        expected = header_size(S, version, h.get("platform_size", 0))
+        if h["header_size"] != expected:
+            detail = f"{h['header_size']} does not fit num_slices={S}"
+            if version == 2:
+                detail += f" and platform_size={h['platform_size']}"
+            self.fail("header_size", f"{detail} (expected {expected})", 6)
         at["string_lengths"] = self.offset
-        lengths = self.take("string_lengths", f"{1 + 2 * S}I")
+        lengths = self.take("string_lengths", f"{parts}I")
         lengths = lengths if isinstance(lengths, tuple) else (lengths,)
+        checksums = platform = None
+        if version == 2:
+            at["latent_checksums"] = self.offset
+            blob = self.take_bytes("latent_checksums", CHECKSUM_BYTES * parts)
+            checksums = [blob[i : i + CHECKSUM_BYTES] for i in range(0, len(blob), CHECKSUM_BYTES)]
+            at["platform"] = self.offset
+            platform_bytes = self.take_bytes("platform", h["platform_size"])
         crc_at = self.offset
         stored = self.take("header_crc32", "I")
         if stored != zlib.crc32(self.data[:crc_at]):
@@ -173,6 +292,8 @@ class _Reader:
                 crc_at,
             )
         self._check_geometry(h, at, lengths)
+        if version == 2:
+            platform = self._platform(platform_bytes, at["platform"])
         end = len(self.data)
         if h["header_size"] + h["payload_size"] != end:
             what = "is truncated" if end < h["header_size"] + h["payload_size"] else "has trailing bytes"
@@ -199,7 +320,16 @@ class _Reader:
             N=h["N"], M=h["M"], depths=tuple(h["depths"]), z_channels=h["z_channels"],
             y_shape=tuple(h["y_shape"]), z_shape=tuple(h["z_shape"]), fingerprint=h["fingerprint"],
             z_string=strings[0], slices=[(strings[1 + 2 * i], strings[2 + 2 * i]) for i in range(S)],
+            tables_fingerprint=h.get("tables_fingerprint"), checksums=checksums, platform=platform,
+            version=version,
         )  # fmt: skip
+
+    def _platform(self, raw: bytes, offset: int) -> dict:
+        """The encoder's platform record (deflated JSON, at most MAX_PLATFORM_BYTES inflated)."""
+        try:
+            return unpack_platform(raw)
+        except ValueError as exc:
+            self.fail("platform", str(exc), offset)
 
     def _check_geometry(self, h: dict, at: dict, lengths: tuple) -> None:
         """Sizes that the encoder always writes consistently; a mismatch means a forged or buggy file."""

@@ -1,29 +1,35 @@
 """Images to .mic bytes and back: padding, the model's compress / decompress, the container.
 
-    encode_image:  x ── pad to 128 ── MambaIC.compress ── MicFile(header, strings) ── bytes
-    decode_image:  bytes ── MicFile (all checks) ── fingerprint check ── MambaIC.decompress ── crop
+    encode_image:  x ── pad to 128 ── MambaIC.compress ── MicFile(header, platform, checksums, strings)
+    decode_image:  bytes ── MicFile (all checks) ── weights / tables check ── follow the encoder's
+                   backends ── MambaIC.decompress (each part's checksum checked as it is decoded) ── crop
 
-The decoder rebuilds bit-exactly the y_hat that the encoder used when both run on the same
-device and kernel backend: the encoder continues from the dequantised values that the decoder
-will compute (see ``MambaIC._code_colour``), never from its own unquantised latents.
+The decoder rebuilds bit-exactly the y_hat that the encoder used when both run the same
+arithmetic (device, kernel backend, CPU threads, versions): the encoder continues from the
+dequantised values that the decoder will compute (see ``MambaIC._code_colour``), never from its
+own unquantised latents. When the arithmetic differs, a latent can round the other way, and the
+checksum of that part stops the decoder with an error that says what differs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 
 import torch
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.models import CompressionModel
 
 from mambaic.image import crop, pad_to_multiple
 from mambaic.models import MambaIC
+from mambaic.models.entropy_tables import TABLE_BUFFERS
+from mambaic_kernels import _backend
 
-from .container import MicFile, MicFormatError
-from .fingerprint import weights_fingerprint
-
-
-class WeightsMismatchError(ValueError):
-    """The .mic file was encoded with other weights than the decoder's model."""
+from . import platform as plat
+from .container import MicFile, MicFormatError, latent_checksum
+from .fingerprint import legacy_fingerprint, tables_fingerprint, weights_fingerprint
+from .verify import LatentVerifier, UnverifiedFileWarning, WeightsMismatchError, check_model
 
 
 @dataclass
@@ -52,11 +58,17 @@ def _coding_mode(model: MambaIC):
         model.train(was_training)
 
 
+def _device(model: MambaIC) -> torch.device:
+    return next(model.parameters()).device
+
+
 def encode_image(model: MambaIC, x: torch.Tensor, fingerprint: bytes | None = None) -> Encoded:
     """Encode one image, (1, 3, H, W) in [0, 1] with any H, W >= 1, into .mic bytes.
 
-    ``fingerprint`` may pass a precomputed :func:`weights_fingerprint` of ``model`` (after
-    ``update()``); it is computed otherwise.
+    The header records the platform that ran the encoder (device, the backend of each op,
+    precision, CPU threads, versions) and a checksum of each part's quantised latents.
+    ``fingerprint`` may pass a precomputed :func:`weights_fingerprint` of ``model``; it is
+    computed otherwise.
     """
     if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3 or x.shape[2] < 1 or x.shape[3] < 1:
         raise ValueError(f"encode_image: x must be one RGB image of shape (1, 3, H, W), got {tuple(x.shape)}")
@@ -64,16 +76,23 @@ def encode_image(model: MambaIC, x: torch.Tensor, fingerprint: bytes | None = No
     if fingerprint is None:
         fingerprint = weights_fingerprint(model)
     height, width = x.shape[-2:]
-    device = next(model.parameters()).device
+    device = _device(model)
     padded, (pad_bottom, pad_right) = pad_to_multiple(x.to(device))
-    with _coding_mode(model):
-        out = model.compress(padded)
+    checksums: dict[int, bytes] = {}
+
+    def record(part: int, symbols: torch.Tensor) -> None:
+        checksums[part] = latent_checksum(symbols)
+
+    with _coding_mode(model), _backend.recording() as used:
+        out = model.compress(padded, symbols_hook=record)
     (y_strings, z_strings), z_shape = out["strings"], tuple(out["shape"])
     mic = MicFile(
         height=height, width=width, pad_bottom=pad_bottom, pad_right=pad_right,
         N=model.N, M=model.M, depths=model.depths, z_channels=model.entropy_bottleneck.channels,
         y_shape=tuple(out["y_hat"].shape[-2:]), z_shape=z_shape, fingerprint=fingerprint,
         z_string=z_strings[0], slices=[(anchor[0], non_anchor[0]) for anchor, non_anchor in y_strings],
+        tables_fingerprint=tables_fingerprint(model), checksums=[checksums[p] for p in sorted(checksums)],
+        platform=plat.current(device, used, plat.precision_of(model)),
     )  # fmt: skip
     return Encoded(mic.to_bytes(), mic, out["y_hat"])
 
@@ -83,28 +102,97 @@ def read_mic(data: bytes, source: str = "<bytes>") -> MicFile:
     return MicFile.from_bytes(data, source)
 
 
-def check_model(mic: MicFile, model: MambaIC, fingerprint: bytes, source: str = "<bytes>") -> None:
-    """Refuse to decode ``mic`` with a model whose weights are not the encoder's."""
-    if mic.fingerprint != fingerprint:
-        raise WeightsMismatchError(
-            f"{source}: encoded with other model weights (fingerprint {mic.fingerprint.hex()}, "
-            f"N={mic.N}, M={mic.M}, depths={mic.depths}) than this model's (fingerprint {fingerprint.hex()}, "
-            f"N={model.N}, M={model.M}, depths={model.depths}); decode with the checkpoint used to encode"
-        )
+def encoder_backends(mic: MicFile, device: str) -> dict[str, str]:
+    """The backends to decode ``mic`` with on ``device`` so as to follow its encoder.
+
+    Each op gets the backend that ran it in the encoder when this machine has it for ``device``
+    (and the encoder ran on the same kind of device). Ops left out (the encoder's backend is
+    missing here, or ``auto`` used two for that op) keep ``auto``; the checksums then verify.
+    """
+    recorded = (mic.platform or {}).get("backends", {})
+    if (mic.platform or {}).get("device") != device:
+        return {}
+    follow = {}
+    for op, name in recorded.items():
+        if op in _backend.OPS and name in _backend.BACKENDS:  # "triton+torch": auto used both
+            if _backend.why_unavailable_typically(op, name, device) is None:
+                follow[op] = name
+    return follow
+
+
+def _follows_encoder() -> bool:
+    """True when no backend is chosen explicitly (MAMBAIC_BACKEND unset / auto, no use_backend)."""
+    return all(_backend.requested(op)[0] == "auto" for op in _backend.OPS)
+
+
+@contextlib.contextmanager
+def _version1_tables(mic: MicFile, model: MambaIC, source: str):
+    """Decode a version 1 file with the tables its encoder had.
+
+    Version 1 encoders computed the tables with CompressAI's own update() (float32, on the
+    model's device) and hashed them with the weights. If the model's current tables don't give
+    the file's fingerprint, those are recomputed for the decode and the model's restored after.
+    """
+    if legacy_fingerprint(model) == mic.fingerprint:
+        yield
+        return
+    modules = [m for m in model.modules() if isinstance(m, (EntropyBottleneck, GaussianConditional))]
+    saved = [{name: getattr(m, name) for name in TABLE_BUFFERS if hasattr(m, name)} for m in modules]
+    try:
+        CompressionModel.update(model, force=True)
+        if legacy_fingerprint(model) != mic.fingerprint:
+            raise WeightsMismatchError(
+                f"{source}: a version 1 file encoded with other model weights or entropy tables (fingerprint "
+                f"{mic.fingerprint.hex()}, N={mic.N}, M={mic.M}, depths={mic.depths}; version 1 cannot tell "
+                f"which); decode with the checkpoint used to encode"
+            )
+        yield
+    finally:
+        for m, tables in zip(modules, saved):
+            for name, value in tables.items():
+                setattr(m, name, value)
 
 
 def decode_image(
-    model: MambaIC, data: bytes | MicFile, source: str = "<bytes>", fingerprint: bytes | None = None
+    model: MambaIC,
+    data: bytes | MicFile,
+    source: str = "<bytes>",
+    fingerprint: bytes | None = None,
+    *,
+    follow_encoder: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode .mic bytes (or a parsed :class:`MicFile`) to (x_hat (1, 3, H, W) in [0, 1], y_hat)."""
+    """Decode .mic bytes (or a parsed :class:`MicFile`) to (x_hat (1, 3, H, W) in [0, 1], y_hat).
+
+    Raises :class:`MicFormatError` for a damaged file, :class:`WeightsMismatchError` /
+    :class:`TablesMismatchError` for another model, and :class:`LatentMismatchError` as soon as
+    a decoded part's checksum differs from the encoder's (this platform's arithmetic differs:
+    the message says how and what to do). With ``follow_encoder`` and no backend chosen
+    explicitly, each op runs on the backend the file records, where this machine has it.
+    A version 1 file decodes with an :class:`UnverifiedFileWarning`.
+    """
     mic = data if isinstance(data, MicFile) else read_mic(data, source)
     model.update()
     if fingerprint is None:
         fingerprint = weights_fingerprint(model)
-    check_model(mic, model, fingerprint, source)
-    if mic.num_slices != model.num_slices:  # same weights imply the same slices; kept as a guard
+    if mic.num_slices != model.num_slices and mic.fingerprint == fingerprint:  # a guard: same weights, same slices
         raise MicFormatError(source, "num_slices", 21, f"{mic.num_slices}, the model has {model.num_slices}")
+    device = _device(model)
+    if mic.verifiable:
+        check_model(mic, model, fingerprint, tables_fingerprint(model), source)
+        tables = contextlib.nullcontext()
+    else:
+        warnings.warn(
+            UnverifiedFileWarning(
+                f"{source} is a version {mic.version} .mic file: it records no latent checksums, so this decode "
+                f"cannot be verified (a platform whose arithmetic differs from the encoder's decodes it to noise "
+                f"without an error); re-encode the image to get a verifiable file"
+            ),
+            stacklevel=2,
+        )
+        tables = _version1_tables(mic, model, source)
+    follow = encoder_backends(mic, device.type) if follow_encoder and _follows_encoder() else {}
     strings = [[[anchor], [non_anchor]] for anchor, non_anchor in mic.slices], [mic.z_string]
-    with _coding_mode(model):
-        out = model.decompress(list(strings), mic.z_shape)
+    with tables, _coding_mode(model), _backend.use_backend(follow), _backend.recording() as used:
+        verify = LatentVerifier(mic, source, used, device, plat.precision_of(model)) if mic.verifiable else None
+        out = model.decompress(list(strings), mic.z_shape, symbols_hook=verify)
     return crop(out["x_hat"], mic.height, mic.width), out["y_hat"]

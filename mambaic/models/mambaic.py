@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.entropy_models import EntropyBottleneck, EntropyModel, GaussianConditional
 from compressai.models import CompressionModel
+from compressai.models.base import get_scale_table
 from compressai.registry import register_model
 
 from mambaic.layers import CheckerboardMaskedConv2d, SWAtten, VSSBlock, conv, deconv
 
 from . import checkerboard as cb
 from .checkerboard import ANCHOR, NON_ANCHOR
+from .entropy_tables import bottleneck_tables, gaussian_tables, install
+
+# Called with (part, symbols) as each part of the bitstream is coded or decoded: part 0 is z, parts
+# 1 + 2i and 2 + 2i the anchors and non-anchors of slice i (the order of the strings in a file);
+# symbols are the integer latents of that part, in coding order. The .mic codec checksums them.
+SymbolsHook = Callable[[int, torch.Tensor], None]
 
 # The image side must be a multiple of this: g_a downsamples by 16, and the entropy model cuts the
 # latent into 8 x 8 attention windows (and h_a / h_s need a latent side divisible by 4).
@@ -224,6 +233,34 @@ class MambaIC(CompressionModel):
 
     # -- CompressAI contracts ----------------------------------------------------------------------
 
+    def update(self, scale_table=None, force: bool = False, update_quantiles: bool = False) -> bool:
+        """Compute the entropy coder's CDF tables (CompressAI's contract), the same on every device.
+
+        Unlike CompressAI's ``update``, which evaluates the distributions in float32 where the
+        model lives (so a GPU and a CPU get different tables, and files from one decode to noise
+        on the other), the tables are evaluated in float64 on the CPU (see
+        :mod:`mambaic.models.entropy_tables`) and copied to the model's device. Tables that exist
+        (computed before, or loaded from a checkpoint) are kept unless ``force``.
+
+        Returns True if a table was computed.
+        """
+        if scale_table is None:
+            scale_table = get_scale_table()
+        updated = False
+        for module in self.modules():
+            if not isinstance(module, (EntropyBottleneck, GaussianConditional)):
+                continue
+            if module._offset.numel() > 0 and not force:
+                continue
+            if isinstance(module, EntropyBottleneck):
+                if update_quantiles:
+                    module._update_quantiles()
+                install(module, bottleneck_tables(module))
+            else:
+                install(module, gaussian_tables(module, scale_table))
+            updated = True
+        return updated
+
     def forward(self, x: torch.Tensor) -> dict:
         """Reconstruction and likelihoods (noise in training mode, rounding in eval, as CompressAI).
 
@@ -260,7 +297,7 @@ class MambaIC(CompressionModel):
             "z": z,
         }
 
-    def _code_colour(self, y_slice, means, scales, colour):
+    def _code_colour(self, y_slice, means, scales, colour, part, symbols_hook):
         """Entropy-code one checkerboard colour: returns (strings, y_hat on that colour).
 
         y_hat is computed as the decoder will get it, round(y - means) + means on the packed
@@ -270,36 +307,69 @@ class MambaIC(CompressionModel):
         indexes = self.gaussian_conditional.build_indexes(cb.pack(scales, colour))
         packed_y = cb.pack(y_slice, colour)
         strings = self.gaussian_conditional.compress(packed_y, indexes, means=packed_means)
+        if symbols_hook is not None:
+            symbols_hook(part, self.gaussian_conditional.quantize(packed_y, "symbols", packed_means))
         y_hat = self.gaussian_conditional.quantize(packed_y, "dequantize", packed_means)
         return strings, cb.unpack(y_hat, colour)
 
-    def _decode_colour(self, strings, means, scales, colour):
+    def _decode_colour(self, strings, means, scales, colour, part, symbols_hook):
         packed_means = cb.pack(means, colour)
         indexes = self.gaussian_conditional.build_indexes(cb.pack(scales, colour))
-        y_hat = self.gaussian_conditional.decompress(strings, indexes, means=packed_means)
-        return cb.unpack(y_hat, colour)
+        # The integer symbols first (checked by the hook before anything depends on them), then
+        # symbols + means: the same float operation as CompressAI's dequantize.
+        symbols = self.gaussian_conditional.decompress(strings, indexes, torch.int32)
+        if symbols_hook is not None:
+            symbols_hook(part, symbols)
+        return cb.unpack(self.gaussian_conditional.dequantize(symbols, packed_means), colour)
 
-    def compress(self, x: torch.Tensor) -> dict:
+    def _z_medians(self, batch: int, spatial_dims: int) -> torch.Tensor:
+        """The entropy bottleneck's medians shaped (batch, C, 1, 1), as its compress uses them."""
+        medians = self.entropy_bottleneck._get_medians().detach()
+        medians = medians.reshape(-1, *([1] * spatial_dims))
+        return medians.expand(batch, *([-1] * (spatial_dims + 1)))
+
+    def _code_z(self, z, symbols_hook):
+        """z's strings and z_hat as the decoder will get it (CompressAI's compress then decompress)."""
+        strings = self.entropy_bottleneck.compress(z)
+        if symbols_hook is not None:
+            medians = self._z_medians(z.shape[0], z.dim() - 2)
+            symbols_hook(0, self.entropy_bottleneck.quantize(z, "symbols", medians))
+        return strings, self.entropy_bottleneck.decompress(strings, z.shape[-2:])
+
+    def _decode_z(self, strings, shape, symbols_hook):
+        """z_hat from its strings: EntropyBottleneck.decompress, with the symbols shown to the hook."""
+        eb = self.entropy_bottleneck
+        size = (len(strings), eb._quantized_cdf.size(0), *shape)
+        indexes = eb._build_indexes(size).to(eb._quantized_cdf.device)
+        symbols = EntropyModel.decompress(eb, strings, indexes, torch.int32)
+        if symbols_hook is not None:
+            symbols_hook(0, symbols)
+        return eb.dequantize(symbols, self._z_medians(len(strings), len(shape)))
+
+    def compress(self, x: torch.Tensor, symbols_hook: SymbolsHook | None = None) -> dict:
         """Entropy-code x (sides multiples of 128). Call :meth:`update` once before.
 
         Returns {"strings": [y_strings, z_strings], "shape": z's (H, W), "y_hat"}, where
         y_strings[i] = [anchor strings, non-anchor strings] of slice i, each a list over the
         batch (the official layout); y_hat is the quantised latent that the decoder will rebuild.
+        ``symbols_hook(part, symbols)``, if given, sees the integer symbols of each coded part
+        (see :data:`SymbolsHook`).
         """
         self._check_input(x, "compress")
         y = self.g_a(self._channels_last(x))
         z = self.h_a(y)
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        z_strings, z_hat = self._code_z(z, symbols_hook)
         latent_means, latent_scales = self._hyper_synthesis(z_hat)
 
         y_hat_slices, y_strings = [], []
         for i, y_slice in enumerate(y.chunk(self.num_slices, dim=1)):
             mean_support, support = self._slice_support(i, latent_means, latent_scales, y_hat_slices)
             means_a, scales_a = self._anchor_parameters(i, support)
-            anchor_strings, y_hat_a = self._code_colour(y_slice, means_a, scales_a, ANCHOR)
+            anchor_strings, y_hat_a = self._code_colour(y_slice, means_a, scales_a, ANCHOR, 1 + 2 * i, symbols_hook)
             means_n, scales_n = self._non_anchor_parameters(i, y_hat_a, support)
-            non_anchor_strings, y_hat_n = self._code_colour(y_slice, means_n, scales_n, NON_ANCHOR)
+            non_anchor_strings, y_hat_n = self._code_colour(
+                y_slice, means_n, scales_n, NON_ANCHOR, 2 + 2 * i, symbols_hook
+            )
 
             y_hat_slice = y_hat_a + y_hat_n
             y_hat_slice = y_hat_slice + self._lrp(i, mean_support, y_hat_slice)
@@ -307,8 +377,12 @@ class MambaIC(CompressionModel):
             y_strings.append([anchor_strings, non_anchor_strings])
         return {"strings": [y_strings, z_strings], "shape": z.shape[-2:], "y_hat": torch.cat(y_hat_slices, dim=1)}
 
-    def decompress(self, strings: list, shape) -> dict:
+    def decompress(self, strings: list, shape, symbols_hook: SymbolsHook | None = None) -> dict:
         """Rebuild the image from :meth:`compress`'s strings and z shape.
+
+        ``symbols_hook(part, symbols)``, if given, sees the integer symbols of each part as soon
+        as they are decoded, before anything is computed from them: a hook that raises stops the
+        decoder there (the .mic codec checks each part's checksum so).
 
         Returns {"x_hat" (clamped to [0, 1]), "y_hat"}.
         """
@@ -318,16 +392,16 @@ class MambaIC(CompressionModel):
                 f"got {type(strings).__name__} of length {len(strings) if hasattr(strings, '__len__') else '?'}"
             )
         y_strings, z_strings = strings
-        z_hat = self.entropy_bottleneck.decompress(z_strings, shape)
+        z_hat = self._decode_z(z_strings, shape, symbols_hook)
         latent_means, latent_scales = self._hyper_synthesis(z_hat)
 
         y_hat_slices = []
         for i in range(self.num_slices):
             mean_support, support = self._slice_support(i, latent_means, latent_scales, y_hat_slices)
             means_a, scales_a = self._anchor_parameters(i, support)
-            y_hat_a = self._decode_colour(y_strings[i][0], means_a, scales_a, ANCHOR)
+            y_hat_a = self._decode_colour(y_strings[i][0], means_a, scales_a, ANCHOR, 1 + 2 * i, symbols_hook)
             means_n, scales_n = self._non_anchor_parameters(i, y_hat_a, support)
-            y_hat_n = self._decode_colour(y_strings[i][1], means_n, scales_n, NON_ANCHOR)
+            y_hat_n = self._decode_colour(y_strings[i][1], means_n, scales_n, NON_ANCHOR, 2 + 2 * i, symbols_hook)
 
             y_hat_slice = y_hat_a + y_hat_n
             y_hat_slice = y_hat_slice + self._lrp(i, mean_support, y_hat_slice)

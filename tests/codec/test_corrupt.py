@@ -2,13 +2,14 @@
 before any byte reaches the entropy decoder."""
 
 import struct
+import zlib
 
 import pytest
 import torch
 
 import mambaic
 from mambaic.codec import MicFile, MicFormatError, WeightsMismatchError, decode_image, encode_image
-from mambaic.codec.container import FIXED_SIZE, header_size
+from mambaic.codec.container import FIXED_SIZE
 
 from .conftest import TINY
 
@@ -35,7 +36,8 @@ def test_every_truncation_is_caught(encoded):
 @pytest.mark.parametrize(
     "offset, field",
     [(0, "magic"), (4, "version"), (6, "header_size"), (8, "header_crc32"), (30, "header_crc32"),
-     (FIXED_SIZE + 2, "header_crc32"), (-1, "payload_crc32")],
+     (76, "header_size"), (80, "header_crc32"), (FIXED_SIZE[2] + 2, "header_crc32"),
+     (FIXED_SIZE[2] + 4 * 11 + 1, "header_crc32"), (-1, "payload_crc32")],
     ids=lambda v: str(v),
 )  # fmt: skip
 def test_flipped_bit_names_the_field(encoded, offset, field):
@@ -51,7 +53,7 @@ def test_messages(encoded):
     assert str(_error(b"\x89PNG\r\n\x1a\n" + data[8:])) == (
         "x.mic: magic at byte 0: found b'\\x89PNG', expected b'MBIC': not a .mic file"
     )
-    assert "format version 9 is not supported" in str(_error(data[:4] + b"\x09" + data[5:]))
+    assert "format version 9 is not supported (this mambaic reads 1, 2)" in str(_error(data[:4] + b"\x09" + data[5:]))
     assert "has trailing bytes" in str(_error(data + b"\x00"))
     err = _error(data[:-1])
     assert err.field == "payload_size" and err.offset == 64
@@ -59,16 +61,29 @@ def test_messages(encoded):
     assert _error(b"").field == "magic"
 
 
-def test_forged_geometry_is_refused(encoded):
-    """A header with a correct CRC but impossible sizes (a buggy or hostile writer)."""
-    data = bytearray(encoded.data)
-    struct.pack_into("<I", data, 32, 99)  # y_shape height
-    crc_at = header_size(encoded.mic.num_slices) - 4
-    import zlib
-
+def forge(data: bytes, offset: int, fmt: str, value) -> bytes:
+    """Overwrite a header field and recompute the header CRC: a buggy or hostile writer's file."""
+    data = bytearray(data)
+    struct.pack_into("<" + fmt, data, offset, value)
+    crc_at = struct.unpack_from("<H", data, 6)[0] - 4
     struct.pack_into("<I", data, crc_at, zlib.crc32(bytes(data[:crc_at])))
-    err = _error(bytes(data))
+    return bytes(data)
+
+
+def test_forged_geometry_is_refused(encoded):
+    """A header with a correct CRC but impossible sizes."""
+    err = _error(forge(encoded.data, 32, "I", 99))  # y_shape height
     assert err.field == "y_shape" and err.offset == 32
+
+
+def test_forged_platform_is_refused(encoded):
+    """A platform record that is not deflated JSON, behind a correct header CRC."""
+    data = encoded.data
+    size = struct.unpack_from("<H", data, 76)[0]
+    start = struct.unpack_from("<H", data, 6)[0] - 4 - size
+    garbage = data[:start] + bytes(size) + data[start + size :]
+    err = _error(forge(garbage, 0, "4s", b"MBIC"))
+    assert err.field == "platform" and err.offset == start, str(err)
 
 
 def test_other_weights_are_refused(encoded):
