@@ -63,7 +63,7 @@ _load_errors: dict[str, str] = {}
 _loaded: set[str] = set()
 # use_backend's choice: one backend name for every op, or {op: name} for some ops.
 _override: contextvars.ContextVar[str | dict | None] = contextvars.ContextVar("mambaic_backend", default=None)
-_recorder: contextvars.ContextVar[dict | None] = contextvars.ContextVar("mambaic_backend_record", default=None)
+_recorders: contextvars.ContextVar[tuple[dict, ...]] = contextvars.ContextVar("mambaic_backend_record", default=())
 _logged_auto: set[tuple] = set()
 
 
@@ -134,6 +134,7 @@ def use_backend(name: "str | dict[str, str]") -> Iterator[None]:
 @contextlib.contextmanager
 def recording() -> Iterator[dict[str, list[str]]]:
     """Collect, for each op called in the block, the backends that ran it (in first-use order).
+    Blocks nest: each sees every call made inside it.
 
     >>> with recording() as used:
     ...     model(x)
@@ -141,17 +142,17 @@ def recording() -> Iterator[dict[str, list[str]]]:
     {'cross_scan': ['triton'], 'selective_scan': ['triton'], ...}
     """
     used: dict[str, list[str]] = {}
-    token = _recorder.set(used)
+    token = _recorders.set(_recorders.get() + (used,))
     try:
         yield used
     finally:
-        _recorder.reset(token)
+        _recorders.reset(token)
 
 
 def _note(op: str, backend: str) -> None:
-    used = _recorder.get()
-    if used is not None and backend not in used.setdefault(op, []):
-        used[op].append(backend)
+    for used in _recorders.get():
+        if backend not in used.setdefault(op, []):
+            used[op].append(backend)
 
 
 def why_unavailable(op: str, backend: str, **meta) -> str | None:
