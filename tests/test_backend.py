@@ -60,3 +60,25 @@ def test_info_reports_every_backend(capsys):
     for name in _backend.BACKENDS:
         assert f"  {name}" in out
     assert "torch" in out and "triton" in out
+
+
+def test_use_backend_per_op_and_recording(monkeypatch):
+    monkeypatch.setenv("MAMBAIC_BACKEND", "vmamba")
+    x = torch.randn(1, 2, 3, 4)
+    with mk.use_backend({"cross_scan": "torch"}), _backend.recording() as used:
+        mk.cross_scan(x)
+        with pytest.raises(mk.BackendUnavailableError, match="MAMBAIC_BACKEND=vmamba"):
+            mk.cross_merge(torch.randn(1, 4, 2, 3, 4))  # not named: the variable decides
+    assert used == {"cross_scan": ["torch"]}
+    # a per-op choice inside a whole-model one keeps the outer choice for the other ops
+    with mk.use_backend("torch"), mk.use_backend({"cross_scan": "torch"}), _backend.recording() as outer:
+        with _backend.recording() as inner:
+            mk.cross_merge(torch.randn(1, 4, 2, 3, 4))
+    assert inner == outer == {"cross_merge": ["torch"]}, "recordings nest"
+    assert _backend.requested("cross_scan") == ("vmamba", "MAMBAIC_BACKEND=vmamba")
+    with pytest.raises(ValueError, match="use_backend: 'scan' is not an op"):
+        with mk.use_backend({"scan": "torch"}):
+            pass
+    with pytest.raises(ValueError, match="use_backend: 'fast' is not a backend"):
+        with mk.use_backend({"cross_scan": "fast"}):
+            pass

@@ -9,6 +9,7 @@ from PIL import Image
 from skimage import data
 
 import mambaic
+import mambaic.cli.info
 from mambaic.cli import compress, decompress
 from mambaic.codec import decode_image
 from mambaic.image import to_uint8
@@ -131,3 +132,67 @@ def test_commands_are_registered(capsys):
     assert mambaic_main([]) == 2
     out = capsys.readouterr().out
     assert "compress" in out and "decompress" in out
+
+
+def test_decompress_refuses_a_latent_mismatch_and_writes_nothing(tmp_path, capsys, photo_png):
+    from tests.codec.test_verified import forge_checksum
+
+    mic = tmp_path / "c.mic"
+    assert run(capsys, compress, [photo_png, mic, *TINY_ARGS])[0] == 0
+    bad = tmp_path / "bad.mic"
+    bad.write_bytes(forge_checksum(mic.read_bytes(), 4))
+    out_png = tmp_path / "o.png"
+    code, out, err = run(capsys, decompress, [bad, out_png, "--random-init", "--seed", "3"])
+    assert code == 1 and err.startswith(f"Error: {bad}: slice 2 of 5 (non-anchors) decoded to other latents"), err
+    assert "Nothing was written." in err
+    assert not out_png.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.mic", "c.mic"]
+
+
+def test_info_prints_what_a_file_records(tmp_path, capsys, photo_png):
+    mic = tmp_path / "c.mic"
+    assert run(capsys, compress, [photo_png, mic, *TINY_ARGS, "--threads", "1"])[0] == 0
+    code, out, err = run(capsys, mambaic.cli.info, [mic])
+    assert code == 0, err
+    for text in ("format               version 2", "image                77x61 (coded as 128x128",
+                 "slice 5 of 5 (non-anchors)", "checksum ", "encoder platform:", "threads                        1",
+                 "backend selective_scan", "device                         cpu", "precision                      fp32"):  # fmt: skip
+        assert text in out, text
+    code, _, err = run(capsys, mambaic.cli.info, [photo_png])
+    assert code == 1 and "not a .mic file" in err
+
+
+def test_decompress_follows_the_encoders_thread_count(tmp_path, capsys, photo_png, monkeypatch):
+    import torch
+
+    mic = tmp_path / "c.mic"
+    before = torch.get_num_threads()
+    try:
+        assert run(capsys, compress, [photo_png, mic, *TINY_ARGS, "--threads", "1"])[0] == 0
+        torch.set_num_threads(2)
+        seen = []
+        import mambaic.codec as codec  # decompress imports decode_image from here at each run
+
+        original = codec.decode_image
+
+        def spy(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(codec, "decode_image", spy)
+        code, out, err = run(capsys, decompress, [mic, tmp_path / "o.png", "--random-init", "--seed", "3"])
+        assert code == 0 and "verified: the 11 latent parts match" in out, err
+        assert seen == [1], "the decoder runs with the encoder's thread count"
+        code, out, err = run(capsys, decompress, [mic, tmp_path / "p.png", "--random-init", "--seed", "3", "--threads", "2"])
+        assert code == 0 and seen == [1, 2], "--threads is honoured"
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_version_1_file_decodes_with_a_warning(tmp_path, capsys):
+    from pathlib import Path
+
+    v1 = Path(__file__).resolve().parents[1] / "expected" / "astronaut_41x57_v1.mic"
+    code, out, err = run(capsys, decompress, [v1, tmp_path / "o.png", "--random-init", "--seed", "3"])
+    assert code == 0, err
+    assert "Warning: " in err and "records no latent checksums, so this decode cannot be verified" in err
+    assert (tmp_path / "o.png").exists() and "verified" not in out
