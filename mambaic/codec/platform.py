@@ -120,8 +120,9 @@ def advice(recorded: dict, diffs: list[tuple[str, object, object]]) -> str:
     """What to change so that the decoder reproduces the encoder's arithmetic."""
     steps = []
     facts = {fact for fact, _, _ in diffs}
-    if "device" in facts:
-        steps.append(f"decode on {recorded.get('device')} (--device {recorded.get('device')})")
+    if "device" in facts or "device_name" in facts:
+        device = recorded.get("device")
+        steps.append(f"decode on {device} (--device {device}), on a {recorded.get('device_name')}")
     if "backends" in facts:
         names = set(recorded.get("backends", {}).values())
         if len(names) == 1 and "+" not in next(iter(names)):
@@ -133,8 +134,8 @@ def advice(recorded: dict, diffs: list[tuple[str, object, object]]) -> str:
     versions = [f"{f} {recorded.get(f)}" for f in ("torch", "triton", "cuda", "compressai", "mambaic") if f in facts]
     if versions:
         steps.append("decode with " + ", ".join(versions))
-    if "device_name" in facts or "precision" in facts:
-        steps.append(f"decode on a {recorded.get('device_name')} in {recorded.get('precision')}")
+    if "precision" in facts:
+        steps.append(f"decode in {recorded.get('precision')}")
     if not steps:
         return "the platforms agree on every recorded fact: the file is damaged or this is a bug (please report it)"
     return "; ".join(steps)
