@@ -9,6 +9,8 @@ Public ops (dimension letters used throughout):
   cross_merge(y)             (batch, 4, dim, H, W) -> (batch, dim, L)
   selective_scan(u, delta, A, B, C, D, delta_bias=, delta_softplus=)
   window_attention(qkv, rel_pos_bias, heads, window, shifted=)
+  ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+                             (batch, dim, H, W) -> (batch, H, W, dim): the four scans of SS2D, merged
 
 The backend is chosen per call by ``MAMBAIC_BACKEND=torch|triton|cuda|auto`` or
 :func:`use_backend`; ``mambaic_kernels.reference`` holds the ground truth.
@@ -18,6 +20,7 @@ from . import reference
 from ._backend import BACKENDS, BackendUnavailableError, available_backends, backend_report, use_backend
 from .cross_scan import cross_merge, cross_scan
 from .selective_scan import selective_scan
+from .ss2d_core import ss2d_core
 from .window_attention import window_attention
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "cross_scan",
     "reference",
     "selective_scan",
+    "ss2d_core",
     "use_backend",
     "window_attention",
 ]

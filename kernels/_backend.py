@@ -36,7 +36,7 @@ CHOICES = BACKENDS + ("auto",)
 # CPU tensors is its interpreter (for tests), never the fastest, so auto does not pick it there.
 AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 AUTO_FALLBACK = ("torch",)  # other devices (mps, xpu...): plain PyTorch
-OPS = ("cross_scan", "cross_merge", "selective_scan", "window_attention")
+OPS = ("cross_scan", "cross_merge", "selective_scan", "window_attention", "ss2d_core")
 
 # The module that registers each backend's implementations when imported.
 _BACKEND_MODULES = {

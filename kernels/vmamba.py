@@ -12,6 +12,7 @@ import torch
 from . import _backend
 from .pytorch import cross_merge, cross_scan
 from .reference import window_attention
+from .reference.ss2d_core import compose
 
 try:
     import selective_scan_cuda_core as _core
@@ -55,6 +56,25 @@ def _supports(device, dtype, **meta):
     return None
 
 
-for _op, _fn in (("cross_scan", cross_scan), ("cross_merge", cross_merge),
-                 ("selective_scan", selective_scan), ("window_attention", window_attention)):
+def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
+    # what the official SS2D runs: the four directions stacked, VMamba's scan between our
+    # PyTorch cross-scan and cross-merge
+    return compose(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, cross_scan=_cross_scan,
+                   selective_scan=_scan, cross_merge=_cross_merge)  # fmt: skip
+
+
+def _cross_scan(x, channel_last=False):
+    return cross_scan(x, channel_last)
+
+
+def _cross_merge(y, channel_last=False):
+    return cross_merge(y, channel_last)
+
+
+def _scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
+    return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+for _op, _fn in (("cross_scan", cross_scan), ("cross_merge", cross_merge), ("selective_scan", selective_scan),
+                 ("window_attention", window_attention), ("ss2d_core", ss2d_core)):
     _backend.register(_op, "vmamba", _fn, _supports)

@@ -45,8 +45,11 @@ _ext = _build()
 from .cross_scan import make_cross_ops  # noqa: E402
 from .selective_scan import make_selective_scan  # noqa: E402
 
+from ..pytorch.ss2d_core import make_ss2d_core  # noqa: E402
+
 selective_scan = make_selective_scan(_ext)
 cross_scan, cross_merge = make_cross_ops(_ext)
+ss2d_core = make_ss2d_core(selective_scan)  # one direction at a time over the C++ scan
 
 
 def _supports(device, dtype, **meta):
@@ -57,6 +60,6 @@ def _supports(device, dtype, **meta):
     return None
 
 
-for _op, _fn in (("cross_scan", cross_scan), ("cross_merge", cross_merge),
-                 ("selective_scan", selective_scan), ("window_attention", window_attention)):
+for _op, _fn in (("cross_scan", cross_scan), ("cross_merge", cross_merge), ("selective_scan", selective_scan),
+                 ("window_attention", window_attention), ("ss2d_core", ss2d_core)):
     _backend.register(_op, "cpu", _fn, _supports)

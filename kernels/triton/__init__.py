@@ -21,4 +21,4 @@ def supports_device(device: str, dtype: torch.dtype) -> "str | None":
 
 
 # Each module calls _backend.register(op, "triton", fn, supports) at import.
-from . import cross_scan, selective_scan, window_attention  # noqa: E402,F401
+from . import cross_scan, selective_scan, ss2d_core, window_attention  # noqa: E402,F401

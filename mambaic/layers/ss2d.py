@@ -6,13 +6,12 @@ Dataflow for an input map ``x`` (batch, H, W, d_model), with d_inner = ssm_ratio
                    └── z ── SiLU ─────────────────────────────────────────────┘
     (in_proj is one (2 d_inner, d_model) weight, applied as two matmuls: u channel-first, z channel-last)
 
-    core:  cross_scan(u)                        4 scan directions, (batch, 4, d_inner, L)
-           x_proj per direction  -> delta_r, B, C   (rank R, N, N channels)
-           dt_proj per direction -> delta           (d_inner channels)
-           selective_scan(u, delta, A=-exp(A_logs), B, C, D=Ds, delta_bias, softplus)
-           cross_merge                           sum of the 4 directions, back to (batch, L, d_inner)
+    core:  the ss2d_core op: for each of the 4 scan directions of u,
+           x_proj -> delta_r, B, C (rank R, N, N channels); dt_proj -> delta (d_inner channels);
+           selective_scan(u, delta, A=-exp(A_logs), B, C, D=Ds, delta_bias, softplus);
+           the 4 outputs summed back onto the map, (batch, H, W, d_inner)
 
-All three core steps are ``mambaic_kernels`` ops, so ``MAMBAIC_BACKEND`` chooses who runs them.
+The core is one ``mambaic_kernels`` op, so ``MAMBAIC_BACKEND`` chooses who runs it.
 Parameter names and shapes are those of the official checkpoints (``in_proj``, ``conv2d``,
 ``x_proj_weight``, ``dt_projs_weight``, ``dt_projs_bias``, ``A_logs``, ``Ds``, ``out_norm``,
 ``out_proj``). The official v2 path casts the scan inputs to float32 ("force_fp32"); our scan
@@ -104,24 +103,6 @@ class SS2D(nn.Module):
 
     def core(self, u: torch.Tensor) -> torch.Tensor:
         """The 2D selective scan: (batch, d_inner, H, W) -> out_norm'ed (batch, H, W, d_inner)."""
-        batch, D, H, W = u.shape
-        K, N, R, L = K_DIRECTIONS, self.d_state, self.dt_rank, H * W
-        xs = mk.cross_scan(u)  # (batch, K, D, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)  # (batch, K, R + 2N, L)
-        dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)  # (batch, K, D, L)
-
-        ys = mk.selective_scan(
-            xs.reshape(batch, K * D, L).float(),
-            dts.reshape(batch, K * D, L).float().contiguous(),  # einsum may return a permuted layout
-            -torch.exp(self.A_logs.float()),
-            Bs.float().contiguous(),
-            Cs.float().contiguous(),
-            self.Ds.float(),
-            delta_bias=self.dt_projs_bias.reshape(-1).float(),
-            delta_softplus=True,
-        )  # (batch, K * D, L)
-        # selective_scan does not promise a contiguous output (a backend may return a step-major
-        # layout); cross_merge requires one. A no-op when the layout is already contiguous.
-        y = mk.cross_merge(ys.contiguous().view(batch, K, D, H, W), channel_last=True)  # (batch, L, D)
-        return self.out_norm(y.to(u.dtype)).view(batch, H, W, D)
+        y = mk.ss2d_core(u.contiguous(), self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias,
+                         self.A_logs, self.Ds)  # fmt: skip
+        return self.out_norm(y)

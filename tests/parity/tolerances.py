@@ -27,7 +27,7 @@ _BF16 = (4e-2, 4e-2)  # 5 ulp of bf16 at 1.0
 
 TOLERANCES = {
     (op, dtype, direction): tol
-    for op in ("cross_scan", "cross_merge", "selective_scan", "window_attention")
+    for op in ("cross_scan", "cross_merge", "selective_scan", "window_attention", "ss2d_core")
     for dtype, direction, tol in (
         (torch.float64, "fwd", (1e-10, 1e-10)),
         (torch.float64, "bwd", (1e-9, 1e-9)),

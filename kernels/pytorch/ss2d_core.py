@@ -1,0 +1,62 @@
+"""ss2d_core one scan direction at a time: no (batch, 4, dim, L) tensor.
+
+The composition in ``reference/ss2d_core.py`` stacks the four directions in every intermediate
+(the cross-scanned copy, the delta projection, the scan output: 3 x 4 x dim x L values, 6.4 GB
+each at the half-resolution stage of a 2048x1536 image). Here each direction is projected,
+scanned and folded into the output before the next one starts, so the live set is a few
+(batch, dim, L) maps: u, its transpose (shared by the two column-major directions), the
+direction's sequence, its delta and its scan output, and the two accumulators.
+
+    direction k   sequence                      folded into
+    0             u, row-major (a view)          rows
+    1             u transposed (one copy)        cols (column-major positions)
+    2, 3          0, 1 reversed                  rows, cols, reversed back
+    out = rows + cols transposed back, channel-last
+
+The sum runs in the order of cross_merge's torch backend ((0 + 2) + (1 + 3)), in one fixed order:
+the forward is deterministic. Any backend's selective_scan can run the scans (K = 1 group each);
+autograd goes through the matmuls, flips and that scan's own backward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_ss2d_core(selective_scan):
+    """ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds) over one backend's scan
+    (called with the backend signature: u, delta, A, B, C, D, delta_bias, delta_softplus)."""
+
+    def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
+        batch, D, H, W = u.shape
+        L = H * W
+        R, N = dt_projs_weight.shape[2], A_logs.shape[1]
+        f = torch.float64 if u.dtype == torch.float64 else torch.float32
+        A = (-torch.exp(A_logs.to(f))).view(4, D, N)
+        skip = Ds.to(f).view(4, D)
+        bias = dt_projs_bias.to(f)
+        w_x = x_proj_weight.to(u.dtype)
+        w_dt = dt_projs_weight.to(u.dtype)
+        rows = u.reshape(batch, D, L)  # direction 0's order: a view
+        cols = u.transpose(2, 3).reshape(batch, D, L)  # direction 1's order: one copy
+        acc = [None, None]  # rows, cols
+        for k in range(4):
+            xs = rows if k % 2 == 0 else cols
+            if k >= 2:
+                xs = xs.flip(-1)
+            dbl = torch.matmul(w_x[k], xs)  # (batch, R + 2N, L)
+            delta = torch.matmul(w_dt[k], dbl[:, :R])  # (batch, D, L)
+            y = selective_scan(
+                xs.to(f).contiguous(), delta.to(f).contiguous(), A[k],
+                dbl[:, None, R : R + N].to(f).contiguous(), dbl[:, None, R + N :].to(f).contiguous(),
+                skip[k], bias[k], True,
+            )  # fmt: skip
+            del delta, dbl
+            if k >= 2:
+                y = y.flip(-1)
+            acc[k % 2] = y if acc[k % 2] is None else acc[k % 2] + y
+            del y
+        out = acc[0].view(batch, D, H, W) + acc[1].view(batch, D, W, H).transpose(2, 3)
+        return out.permute(0, 2, 3, 1).to(u.dtype).contiguous()  # (batch, H, W, D)
+
+    return ss2d_core
