@@ -59,20 +59,8 @@ def _supports(device, dtype, **meta):
 def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
     # what the official SS2D runs: the four directions stacked, VMamba's scan between our
     # PyTorch cross-scan and cross-merge
-    return compose(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, cross_scan=_cross_scan,
-                   selective_scan=_scan, cross_merge=_cross_merge)  # fmt: skip
-
-
-def _cross_scan(x, channel_last=False):
-    return cross_scan(x, channel_last)
-
-
-def _cross_merge(y, channel_last=False):
-    return cross_merge(y, channel_last)
-
-
-def _scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
-    return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return compose(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, cross_scan=cross_scan,
+                   selective_scan=selective_scan, cross_merge=cross_merge)  # fmt: skip
 
 
 for _op, _fn in (("cross_scan", cross_scan), ("cross_merge", cross_merge), ("selective_scan", selective_scan),

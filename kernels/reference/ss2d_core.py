@@ -12,12 +12,14 @@ from .selective_scan import selective_scan
 
 
 def compose(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *, cross_scan, selective_scan, cross_merge):
-    """The composition over the given ops (the reference's, or a baseline backend's)."""
+    """The composition over the given ops (the reference's, or a backend's), called positionally with
+    the backend signatures: cross_scan(x, channel_last), selective_scan(u, delta, A, B, C, D,
+    delta_bias, delta_softplus), cross_merge(y, channel_last)."""
     batch, D, H, W = u.shape
     K, L = 4, H * W
     R, N = dt_projs_weight.shape[2], A_logs.shape[1]
     f = torch.float64 if u.dtype == torch.float64 else torch.float32
-    xs = cross_scan(u.contiguous())  # (batch, K, D, L)
+    xs = cross_scan(u.contiguous(), False)  # (batch, K, D, L)
     x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, x_proj_weight.to(xs.dtype))  # (batch, K, R + 2N, L)
     dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)
     dts = torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight.to(dts.dtype))  # (batch, K, D, L)
@@ -28,10 +30,10 @@ def compose(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *, cro
         Bs.to(f).contiguous(),
         Cs.to(f).contiguous(),
         Ds.to(f),
-        delta_bias=dt_projs_bias.reshape(-1).to(f),
-        delta_softplus=True,
+        dt_projs_bias.reshape(-1).to(f),
+        True,
     )  # (batch, K * D, L)
-    y = cross_merge(ys.contiguous().view(batch, K, D, H, W), channel_last=True)  # (batch, L, D)
+    y = cross_merge(ys.contiguous().view(batch, K, D, H, W), True)  # (batch, L, D)
     return y.to(u.dtype).view(batch, H, W, D)
 
 
