@@ -39,7 +39,8 @@ def ss2d_core(
 
     Returns:
         (batch, H, W, dim) in u's dtype: the merged scan output, channel-last, before SS2D's
-        out_norm.
+        out_norm. Not always contiguous: a backend whose merge writes channel-first maps returns
+        them as a transposed view rather than pay a copy (LayerNorm reads it as it is).
 
     Example:
         >>> u = torch.randn(2, 8, 5, 7)

@@ -45,11 +45,19 @@ _ext = _build()
 from .cross_scan import make_cross_ops  # noqa: E402
 from .selective_scan import make_selective_scan  # noqa: E402
 
-from ..pytorch.ss2d_core import make_ss2d_core  # noqa: E402
+from ..reference.ss2d_core import compose  # noqa: E402
 
 selective_scan = make_selective_scan(_ext)
 cross_scan, cross_merge = make_cross_ops(_ext)
-ss2d_core = make_ss2d_core(selective_scan)  # one direction at a time over the C++ scan
+
+
+def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
+    # The stacked composition over the C++ kernels: one direction at a time (the torch backend's
+    # form) took 36% less memory but 10% more time at 768x512 on 2 cores (59.9 against 54.4 s,
+    # 2026-11-29, bench/RESULTS.md): its flips and transposes are extra passes that the single
+    # C++ cross-scan / cross-merge pass avoids. The CPU keeps the faster form.
+    return compose(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, cross_scan=cross_scan,
+                   selective_scan=selective_scan, cross_merge=cross_merge)  # fmt: skip
 
 
 def _supports(device, dtype, **meta):
