@@ -101,6 +101,34 @@ def window_attention_case(batch=1, H=96, W=128, dim=128, heads=8, shifted=False,
     )
 
 
+def ss2d_core_case(batch=1, D=512, H=768, W=768, N=16, R=16, dtype=torch.float32, device="cuda"):
+    """The SS2D core of the first stage of a 2048x1536 image's analysis (d_model 256 -> D = 512,
+    R = 16). Minimum bytes: read u once and write the merged map once (the weights are small);
+    backward: + read u and dout, write du (the weight gradients are small)."""
+    e = _size(dtype)
+    n = batch * D * H * W * e
+
+    def make():
+        f = dict(device=device)
+        return dict(
+            u=torch.randn(batch, D, H, W, dtype=dtype, **f),
+            x_proj_weight=torch.randn(4, R + 2 * N, D, **f) / D**0.5,
+            dt_projs_weight=torch.randn(4, D, R, **f) / R**0.5,
+            dt_projs_bias=torch.randn(4, D, **f) * 0.5 - 4.0,
+            A_logs=torch.log(torch.arange(1, N + 1, dtype=torch.float32, device=device)).repeat(4 * D, 1),
+            Ds=torch.ones(4 * D, **f),
+        )
+
+    return OpCase(
+        f"ss2d_core B{batch}-D{D}-H{H}-W{W}-N{N}-R{R} {dtype}".replace("torch.", ""),
+        make,
+        lambda a: mk.ss2d_core(**a),
+        2 * n,
+        2 * n + 3 * n,
+        length=H * W,
+    )
+
+
 # The torch backend steps through L in Python (one op per step): at the target L one call takes
 # seconds, so it is timed at a 16x shorter L, where its GB/s is the same to within launch noise.
 SLOW_BACKENDS_MAX_L = {"torch": 36_864}
@@ -116,4 +144,6 @@ def all_cases(device="cuda"):
         cross_merge_case(channel_last=True, device=device),
         window_attention_case(device=device),
         window_attention_case(shifted=True, device=device),
+        ss2d_core_case(device=device),
+        ss2d_core_case(H=192, W=192, device=device),
     ]

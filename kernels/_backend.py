@@ -194,6 +194,14 @@ def _profiled(name: str, fn: Callable, *args):
         return fn(*args)
 
 
+def profiled_range(op: str):
+    """A profiler range named like the op's own (``mambaic_kernels::<op>``), for a step inside a
+    composite op (the scans inside ss2d_core); a no-op when no profiler runs."""
+    if torch.autograd.profiler._is_profiler_enabled:
+        return torch.autograd.profiler.record_function(f"mambaic_kernels::{op}")
+    return contextlib.nullcontext()
+
+
 def _resolve(op: str, **meta) -> Callable:
     name = _choose(op, **meta)
     _note(op, name)

@@ -18,11 +18,11 @@ BACKENDS = ["torch", "triton", "cuda", "vmamba"]
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_kernel(benchmark, copy_gbs, record, case, backend, mode):
     op = case.name.split()[0]
-    reason = _backend.why_unavailable(op, backend, device="cuda", dtype=torch.float32, d_state=16, window=8, head_dim=16)
+    reason = _backend.why_unavailable_typically(op, backend, "cuda")
     if reason is not None:
         pytest.skip(f"{backend}: {reason}")
     max_l = ops.SLOW_BACKENDS_MAX_L.get(backend)
-    if op == "selective_scan" and max_l is not None and case.length > max_l:
+    if op in ("selective_scan", "ss2d_core") and max_l is not None and case.length > max_l:
         pytest.skip(f"{backend}: too slow at L={case.length}; timed at L={max_l}")
     inputs = case.make()
     if mode == "fwdbwd":

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from .._backend import profiled_range
+
 
 def make_ss2d_core(selective_scan):
     """ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds) over one backend's scan
@@ -46,11 +48,12 @@ def make_ss2d_core(selective_scan):
                 xs = xs.flip(-1)
             dbl = torch.matmul(w_x[k], xs)  # (batch, R + 2N, L)
             delta = torch.matmul(w_dt[k], dbl[:, :R])  # (batch, D, L)
-            y = selective_scan(
-                xs.to(f).contiguous(), delta.to(f).contiguous(), A[k],
-                dbl[:, None, R : R + N].to(f).contiguous(), dbl[:, None, R + N :].to(f).contiguous(),
-                skip[k], bias[k], True,
-            )  # fmt: skip
+            with profiled_range("selective_scan"):
+                y = selective_scan(
+                    xs.to(f).contiguous(), delta.to(f).contiguous(), A[k],
+                    dbl[:, None, R : R + N].to(f).contiguous(), dbl[:, None, R + N :].to(f).contiguous(),
+                    skip[k], bias[k], True,
+                )  # fmt: skip
             del delta, dbl
             if k >= 2:
                 y = y.flip(-1)

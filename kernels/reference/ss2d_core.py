@@ -7,6 +7,7 @@ intermediate holds all four directions: (batch, 4, dim, L) each; obvious, not fr
 
 import torch
 
+from .._backend import profiled_range
 from .cross_scan import cross_merge, cross_scan
 from .selective_scan import selective_scan
 
@@ -23,7 +24,15 @@ def compose(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *, cro
     x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, x_proj_weight.to(xs.dtype))  # (batch, K, R + 2N, L)
     dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)
     dts = torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight.to(dts.dtype))  # (batch, K, D, L)
-    ys = selective_scan(
+    with profiled_range("selective_scan"):
+        ys = _scan(selective_scan, xs, dts, Bs, Cs, A_logs, Ds, dt_projs_bias, f)  # (batch, K * D, L)
+    y = cross_merge(ys.contiguous().view(batch, K, D, H, W), True)  # (batch, L, D)
+    return y.to(u.dtype).view(batch, H, W, D)
+
+
+def _scan(selective_scan, xs, dts, Bs, Cs, A_logs, Ds, dt_projs_bias, f):
+    batch, K, D, L = xs.shape
+    return selective_scan(
         xs.reshape(batch, K * D, L).to(f),
         dts.reshape(batch, K * D, L).to(f).contiguous(),
         -torch.exp(A_logs.to(f)),
@@ -32,9 +41,7 @@ def compose(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *, cro
         Ds.to(f),
         dt_projs_bias.reshape(-1).to(f),
         True,
-    )  # (batch, K * D, L)
-    y = cross_merge(ys.contiguous().view(batch, K, D, H, W), True)  # (batch, L, D)
-    return y.to(u.dtype).view(batch, H, W, D)
+    )
 
 
 def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):

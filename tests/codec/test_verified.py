@@ -209,3 +209,20 @@ def test_fingerprints_weights_and_tables_apart(tiny, torch_file):
 
 def test_version_2_is_written(torch_file):
     assert torch_file.data[4] == 2 and isinstance(read_mic(torch_file.data), MicFile)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: triton and torch on CUDA tensors")
+@pytest.mark.parametrize("encoder, decoder", [("triton", "torch"), ("torch", "triton"), ("triton", "triton")])
+def test_gpu_backends_exact_or_refused(encoder, decoder):
+    """On the GPU (bench/compat.py gives the full table): exact or refused, never a wrong image."""
+    model = mambaic.random_model(0, **TINY).cuda()
+    for name, h, w, top, left in PHOTOS:
+        with mk.use_backend(encoder):
+            encoded = encode_image(model, photo(name, h, w, top, left))
+        try:
+            with mk.use_backend(decoder):
+                _, y_hat = decode_image(model, encoded.data)
+        except LatentMismatchError as exc:
+            assert encoder != decoder, f"{name}: the encoder's own platform refused: {exc}"
+            continue
+        assert (y_hat - encoded.y_hat).abs().max() < 1e-3, f"{name}: decoded to other symbols without an error"
