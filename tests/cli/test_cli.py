@@ -155,7 +155,7 @@ def test_info_prints_what_a_file_records(tmp_path, capsys, photo_png):
     assert code == 0, err
     for text in ("format               version 2", "image                77x61 (coded as 128x128",
                  "slice 5 of 5 (non-anchors)", "checksum ", "encoder platform:", "threads                        1",
-                 "backend selective_scan", "device                         cpu", "precision                      fp32"):  # fmt: skip
+                 "backend ss2d_core", "device                         cpu", "precision                      fp32"):  # fmt: skip
         assert text in out, text
     code, _, err = run(capsys, mambaic.cli.info, [photo_png])
     assert code == 1 and "not a .mic file" in err
