@@ -225,3 +225,9 @@ def test_version_2_is_written(torch_file):
 def test_gpu_backends_exact_or_refused(encoder, decoder):
     """On the GPU (bench/compat.py gives the full table): exact or refused, never a wrong image."""
     assert_exact_or_refused(mambaic.random_model(0, **TINY).cuda(), encoder, decoder)
+
+
+def test_two_compressions_give_identical_files(tiny):
+    x = photo("chelsea", 70, 90, 100, 200)
+    with mk.use_backend("torch"):
+        assert encode_image(tiny, x).data == encode_image(tiny, x).data
