@@ -1,6 +1,8 @@
 """MambaIC (CVPR 2025) on the mambaic_kernels operator layer: model, codec and command line."""
 
-__version__ = "0.1.0"
+# 0.2.0: .mic format version 2 (platform record, latent checksums); the SS2D core as one op (the
+# torch backend's arithmetic changed). The version is recorded in every .mic file.
+__version__ = "0.2.0"
 
 import warnings  # noqa: E402
 

@@ -66,7 +66,7 @@ PLATFORM_DICTIONARY = (
     b'"AMD EPYC"Intel(R) Xeon(R)"NVIDIA A100-SXM4-80GB"NVIDIA H100 80GB HBM3"NVIDIA GeForce RTX 4090"'
     b'"bf16"fp16"tf32"vmamba"cross_merge":"cross_scan":"selective_scan":"cuda":"cpu":"torch":"triton"'
     b'{"backends":{"ss2d_core":"triton","window_attention":"triton"},"compressai":"1.2.8",'
-    b'"cuda":"13.0","device":"cuda","device_name":"NVIDIA H200","mambaic":"0.1.0","precision":"fp32",'
+    b'"cuda":"13.0","device":"cuda","device_name":"NVIDIA H200","mambaic":"0.2.0","precision":"fp32",'
     b'"threads":16,"torch":"2.11.0+cu130","triton":"3.6.0"}'
 )
 _COMMON = (  # (field, struct format) of the first 76 bytes, in file order: the same in every version

@@ -9,7 +9,7 @@ decoder follows them by default, and when a checksum fails it says which of them
 A platform is a plain dict (it is stored as JSON)::
 
     {"device": "cuda", "device_name": "NVIDIA H200", "backends": {"ss2d_core": "triton", ...},
-     "precision": "fp32", "threads": 16, "mambaic": "0.1.0", "torch": "2.11.0+cu130",
+     "precision": "fp32", "threads": 16, "mambaic": "0.2.0", "torch": "2.11.0+cu130",
      "triton": "3.6.0", "cuda": "13.0", "compressai": "1.2.8"}
 
 ``backends`` maps each op the model called (ss2d_core, window_attention) to the backend that ran
