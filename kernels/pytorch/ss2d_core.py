@@ -13,6 +13,11 @@ direction's sequence, its delta and its scan output, and the two accumulators.
     2, 3          0, 1 reversed                  rows, cols, reversed back
     out = rows + cols transposed back, channel-last
 
+x_proj depends on the position, not on the scan order: it runs once, as one matmul on u in
+spatial order for all four directions ((batch, 4 (R + 2N), L), reading u once instead of four
+times), and each direction takes its rows in its own order (a transpose or flip of R + 2N rows,
+not of dim).
+
 The sum runs in the order of cross_merge's torch backend ((0 + 2) + (1 + 3)), in one fixed order:
 the forward is deterministic. Any backend's selective_scan can run the scans (K = 1 group each);
 autograd goes through the matmuls, flips and that scan's own backward.
@@ -41,12 +46,15 @@ def make_ss2d_core(selective_scan):
         w_dt = dt_projs_weight.to(u.dtype)
         rows = u.reshape(batch, D, L)  # direction 0's order: a view
         cols = u.transpose(2, 3).reshape(batch, D, L)  # direction 1's order: one copy
+        C = R + 2 * N
+        dbl_all = torch.matmul(w_x.reshape(4 * C, D), rows).view(batch, 4, C, H, W)  # spatial order
         acc = [None, None]  # rows, cols
         for k in range(4):
             xs = rows if k % 2 == 0 else cols
+            dbl = dbl_all[:, k] if k % 2 == 0 else dbl_all[:, k].transpose(2, 3)
+            dbl = dbl.reshape(batch, C, L)  # (batch, R + 2N, L) in direction k's order
             if k >= 2:
-                xs = xs.flip(-1)
-            dbl = torch.matmul(w_x[k], xs)  # (batch, R + 2N, L)
+                xs, dbl = xs.flip(-1), dbl.flip(-1)
             delta = torch.matmul(w_dt[k], dbl[:, :R])  # (batch, D, L)
             with profiled_range("selective_scan"):
                 y = selective_scan(
@@ -54,7 +62,7 @@ def make_ss2d_core(selective_scan):
                     dbl[:, None, R : R + N].to(f).contiguous(), dbl[:, None, R + N :].to(f).contiguous(),
                     skip[k], bias[k], True,
                 )  # fmt: skip
-            del delta, dbl
+            del delta, dbl, xs
             if k >= 2:
                 y = y.flip(-1)
             acc[k % 2] = y if acc[k % 2] is None else acc[k % 2] + y
