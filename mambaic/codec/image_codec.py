@@ -22,6 +22,7 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models import CompressionModel
 
 from mambaic.image import crop, pad_to_multiple
+from mambaic.layers.ss2d import legacy_core
 from mambaic.models import MambaIC
 from mambaic.models.entropy_tables import TABLE_BUFFERS
 from mambaic_kernels import _backend
@@ -127,14 +128,16 @@ def _follows_encoder() -> bool:
 
 @contextlib.contextmanager
 def _version1_tables(mic: MicFile, model: MambaIC, source: str):
-    """Decode a version 1 file with the tables its encoder had.
+    """Decode a version 1 file with the tables and the SS2D arithmetic its encoder had.
 
     Version 1 encoders computed the tables with CompressAI's own update() (float32, on the
     model's device) and hashed them with the weights. If the model's current tables don't give
     the file's fingerprint, those are recomputed for the decode and the model's restored after.
+    The SS2D cores run as mambaic 0.1 ran them (``legacy_core``).
     """
     if legacy_fingerprint(model) == mic.fingerprint:
-        yield
+        with legacy_core():
+            yield
         return
     modules = [m for m in model.modules() if isinstance(m, (EntropyBottleneck, GaussianConditional))]
     saved = [{name: getattr(m, name) for name in TABLE_BUFFERS if hasattr(m, name)} for m in modules]
@@ -146,7 +149,8 @@ def _version1_tables(mic: MicFile, model: MambaIC, source: str):
                 f"{mic.fingerprint.hex()}, N={mic.N}, M={mic.M}, depths={mic.depths}; version 1 cannot tell "
                 f"which); decode with the checkpoint used to encode"
             )
-        yield
+        with legacy_core():
+            yield
     finally:
         for m, tables in zip(modules, saved):
             for name, value in tables.items():

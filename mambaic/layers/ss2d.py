@@ -21,6 +21,8 @@ dtype before out_norm, so a half-precision model runs without autocast.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import torch
@@ -28,6 +30,36 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mambaic_kernels as mk
+from mambaic_kernels.reference.ss2d_core import compose
+
+# Set by legacy_core(): SS2D cores run the public cross_scan, selective_scan and cross_merge ops
+# in sequence, as mambaic 0.1 did, whose arithmetic version 1 .mic files were encoded with.
+_LEGACY_CORE = contextvars.ContextVar("mambaic_legacy_core", default=False)
+
+
+@contextlib.contextmanager
+def legacy_core():
+    """Run every SS2D core as mambaic 0.1 did (the public cross_scan, selective_scan and
+    cross_merge ops, the four directions stacked): the arithmetic of version 1 .mic files, which
+    carry no checksums. The ss2d_core op gives the same bits on the triton and cpu backends, not
+    on torch (one direction at a time since 0.2)."""
+    token = _LEGACY_CORE.set(True)
+    try:
+        yield
+    finally:
+        _LEGACY_CORE.reset(token)
+
+
+def _public_cross_scan(x, channel_last):
+    return mk.cross_scan(x, channel_last=channel_last)
+
+
+def _public_selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    return mk.selective_scan(u, delta, A, B, C, D, delta_bias=delta_bias, delta_softplus=delta_softplus)
+
+
+def _public_cross_merge(y, channel_last):
+    return mk.cross_merge(y, channel_last=channel_last)
 
 K_DIRECTIONS = 4  # the four scan orders of cross_scan
 
@@ -103,6 +135,10 @@ class SS2D(nn.Module):
 
     def core(self, u: torch.Tensor) -> torch.Tensor:
         """The 2D selective scan: (batch, d_inner, H, W) -> out_norm'ed (batch, H, W, d_inner)."""
-        y = mk.ss2d_core(u.contiguous(), self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias,
-                         self.A_logs, self.Ds)  # fmt: skip
+        args = (u.contiguous(), self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds)
+        if _LEGACY_CORE.get():
+            y = compose(*args, cross_scan=_public_cross_scan, selective_scan=_public_selective_scan,
+                        cross_merge=_public_cross_merge)  # fmt: skip
+        else:
+            y = mk.ss2d_core(*args)
         return self.out_norm(y)

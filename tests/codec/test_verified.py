@@ -176,8 +176,10 @@ def test_version_1_file_decodes_with_a_warning():
     data = (EXPECTED / "astronaut_41x57_v1.mic").read_bytes()
     assert read_mic(data).version == 1 and not read_mic(data).verifiable
     with pytest.warns(UnverifiedFileWarning, match="v1.mic is a version 1 .mic file: it records no latent checksums"):
-        with mk.use_backend("torch"):
+        with mk.use_backend("torch"), _backend.recording() as used:
             x_hat, _ = decode_image(model, data, "v1.mic")
+    # the SS2D cores ran as in mambaic 0.1 (the public ops in sequence), not through ss2d_core
+    assert "ss2d_core" not in used and used["selective_scan"] == ["torch"] and used["cross_merge"] == ["torch"]
     expected = np.asarray(Image.open(EXPECTED / "astronaut_41x57_v1_decoded.png"))
     assert np.abs(to_uint8(x_hat).astype(int) - expected).max() <= 1
     tables = tables_fingerprint(model)
