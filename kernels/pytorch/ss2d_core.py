@@ -30,6 +30,42 @@ import torch
 from .._backend import profiled_range
 
 
+def _direction_scan(selective_scan, k, seq, dbl, w_dt, A, skip, bias, R, N, f):
+    """Direction k's scan output in its own order (batch, dim, L), float32 (float64 for float64
+    input), from its sequence and x_proj rows in spatial order for k = 0, 2 (rows) or column-major
+    order for k = 1, 3 (cols); the reversed directions flip them here."""
+    if k >= 2:
+        seq, dbl = seq.flip(-1), dbl.flip(-1)
+    delta = torch.matmul(w_dt[k], dbl[:, :R])  # (batch, D, L)
+    with profiled_range("selective_scan"):
+        y = selective_scan(
+            seq.to(f).contiguous(), delta.to(f).contiguous(), A[k],
+            dbl[:, None, R : R + N].to(f).contiguous(), dbl[:, None, R + N :].to(f).contiguous(),
+            skip[k], bias[k], True,
+        )  # fmt: skip
+    return y.flip(-1) if k >= 2 else y
+
+
+def _weights(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
+    D, N = u.shape[1], A_logs.shape[1]
+    f = torch.float64 if u.dtype == torch.float64 else torch.float32
+    A = (-torch.exp(A_logs.to(f))).view(4, D, N)
+    return f, x_proj_weight.to(u.dtype), dt_projs_weight.to(u.dtype), A, Ds.to(f).view(4, D), dt_projs_bias.to(f)
+
+
+def direction_output(selective_scan, k, u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
+    """Direction k alone, back on the map: (batch, dim, H, W), float32 (float64 for float64 u), a
+    transposed view for the column-major directions. What the triton backend's backward recomputes
+    one direction at a time."""
+    batch, D, H, W = u.shape
+    R, N = dt_projs_weight.shape[2], A_logs.shape[1]
+    f, w_x, w_dt, A, skip, bias = _weights(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    seq = (u if k % 2 == 0 else u.transpose(2, 3)).reshape(batch, D, H * W)
+    dbl = torch.matmul(w_x[k], seq)  # (batch, R + 2N, L)
+    y = _direction_scan(selective_scan, k, seq, dbl, w_dt, A, skip, bias, R, N, f)
+    return y.view(batch, D, H, W) if k % 2 == 0 else y.view(batch, D, W, H).transpose(2, 3)
+
+
 def make_ss2d_core(selective_scan):
     """ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds) over one backend's scan
     (called with the backend signature: u, delta, A, B, C, D, delta_bias, delta_softplus)."""
@@ -38,35 +74,18 @@ def make_ss2d_core(selective_scan):
         batch, D, H, W = u.shape
         L = H * W
         R, N = dt_projs_weight.shape[2], A_logs.shape[1]
-        f = torch.float64 if u.dtype == torch.float64 else torch.float32
-        A = (-torch.exp(A_logs.to(f))).view(4, D, N)
-        skip = Ds.to(f).view(4, D)
-        bias = dt_projs_bias.to(f)
-        w_x = x_proj_weight.to(u.dtype)
-        w_dt = dt_projs_weight.to(u.dtype)
+        f, w_x, w_dt, A, skip, bias = _weights(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
         rows = u.reshape(batch, D, L)  # direction 0's order: a view
         cols = u.transpose(2, 3).reshape(batch, D, L)  # direction 1's order: one copy
         C = R + 2 * N
         dbl_all = torch.matmul(w_x.reshape(4 * C, D), rows).view(batch, 4, C, H, W)  # spatial order
         acc = [None, None]  # rows, cols
         for k in range(4):
-            xs = rows if k % 2 == 0 else cols
             dbl = dbl_all[:, k] if k % 2 == 0 else dbl_all[:, k].transpose(2, 3)
-            dbl = dbl.reshape(batch, C, L)  # (batch, R + 2N, L) in direction k's order
-            if k >= 2:
-                xs, dbl = xs.flip(-1), dbl.flip(-1)
-            delta = torch.matmul(w_dt[k], dbl[:, :R])  # (batch, D, L)
-            with profiled_range("selective_scan"):
-                y = selective_scan(
-                    xs.to(f).contiguous(), delta.to(f).contiguous(), A[k],
-                    dbl[:, None, R : R + N].to(f).contiguous(), dbl[:, None, R + N :].to(f).contiguous(),
-                    skip[k], bias[k], True,
-                )  # fmt: skip
-            del delta, dbl, xs
-            if k >= 2:
-                y = y.flip(-1)
+            dbl = dbl.reshape(batch, C, L)  # (batch, R + 2N, L) in direction k's order, unreversed
+            y = _direction_scan(selective_scan, k, rows if k % 2 == 0 else cols, dbl, w_dt, A, skip, bias, R, N, f)
             acc[k % 2] = y if acc[k % 2] is None else acc[k % 2] + y
-            del y
+            del y, dbl
         out = acc[0].view(batch, D, H, W) + acc[1].view(batch, D, W, H).transpose(2, 3)
         return out.permute(0, 2, 3, 1).to(u.dtype).contiguous()  # (batch, H, W, D)
 

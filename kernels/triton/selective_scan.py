@@ -268,22 +268,25 @@ def _bc_rows(pid_d, b, KD, G, N, K, L,
 @triton.jit
 def _load_bc(ptr, rows, nmasks, r_t, t0, L, i_j, i_n,
              NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr,
-             S2: tl.constexpr, BD: tl.constexpr, MASKED: tl.constexpr, MASK_N: tl.constexpr):
+             S2: tl.constexpr, BD: tl.constexpr, MASKED: tl.constexpr, MASK_N: tl.constexpr,
+             REV: tl.constexpr):
     # The 6-D B (or C) tile [S2, NPI, BD, NPL, Q, S] of steps t0 + ..., from NPI * S2 loads.
+    # REV: step t is stored at position L - 1 - t (ss2d_core's reversed scan directions).
     X = tl.zeros([S2, NPI, BD, NPL, Q, S], dtype=tl.float32)
     for j in tl.static_range(S2):
         tt = t0 + j * S + r_t
+        mm = (L - 1 - tt) if REV else tt
         for i in tl.static_range(NPI):
             if MASKED:
                 if MASK_N:
-                    piece = tl.load(ptr + rows[i] + tt, mask=(tt < L) & nmasks[i], other=0.0)
+                    piece = tl.load(ptr + rows[i] + mm, mask=(tt < L) & nmasks[i], other=0.0)
                 else:
-                    piece = tl.load(ptr + rows[i] + tt, mask=tt < L, other=0.0)
+                    piece = tl.load(ptr + rows[i] + mm, mask=tt < L, other=0.0)
             else:
                 if MASK_N:
-                    piece = tl.load(ptr + rows[i] + tt, mask=nmasks[i], other=0.0)
+                    piece = tl.load(ptr + rows[i] + mm, mask=nmasks[i], other=0.0)
                 else:
-                    piece = tl.load(ptr + rows[i] + tt)
+                    piece = tl.load(ptr + rows[i] + mm)
             piece = tl.reshape(piece.to(tl.float32), [1, 1, BD, NPL, Q, S])
             X = tl.where((i_j == j) & (i_n == i), piece, X)
     return X
@@ -319,11 +322,27 @@ def _fwd_tile_states(u_ptr, dt_ptr, B_ptr, row, toff, t0, L, carry,
     # Loads and pass 1 + combine of one tile, for the forward and the backward's recompute:
     # (u, dt before softplus, dt, dt*u, B, a, x, each segment's decay and start, the state leaving
     # the tile, the tile's sum of dt [1, BD, 1, 1]). What a caller drops is dead code there.
-    SEG: tl.constexpr = S * S2
     tt = t0 + toff
     # per-(channel, step) values in the small tile [S2, 1, BD, 1, Q, S]
     u = _load_tile(u_ptr, row + tt, tt, L, MASKED, None)
     pre = _load_tile(dt_ptr, row + tt, tt, L, MASKED, None)
+    Bt = _load_bc(B_ptr, bc_rows, bc_nm, r_t, t0, L, i_j, i_n, NPI, NPL, Q, S, S2, BD, MASKED, not EVEN_N, False)
+    pre, dt, dtu, a, x, Pseg, start, carry, dsum = _tile_states(
+        u, pre, Bt, tt, L, carry, A2, A2q, bias, i_j, i_s, i_q4,
+        NPI, BD, NPL, Q, S, S2, SOFTPLUS, HAS_BIAS, MASKED)
+    return u, pre, dt, dtu, Bt, a, x, Pseg, start, carry, dsum
+
+
+@triton.jit
+def _tile_states(u, pre, Bt, tt, L, carry, A2, A2q, bias, i_j, i_s, i_q4,
+                 NPI: tl.constexpr, BD: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr,
+                 S: tl.constexpr, S2: tl.constexpr, SOFTPLUS: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, MASKED: tl.constexpr):
+    # Pass 1 + combine of one tile from its loaded u, delta (before bias) and B (a kernel that
+    # gets them another way, as ss2d_core's, shares the arithmetic and so the rounding). Returns
+    # delta + bias (before softplus: the backward's sigmoid takes it), dt, dt*u, a, x, each
+    # segment's decay and start, the state leaving the tile and the tile's sum of dt.
+    SEG: tl.constexpr = S * S2
     if HAS_BIAS:
         pre = pre + bias
     dt = pre
@@ -332,7 +351,6 @@ def _fwd_tile_states(u_ptr, dt_ptr, B_ptr, row, toff, t0, L, carry,
     if MASKED:
         dt = tl.where(tt < L, dt, 0.0)  # steps past L: decay 1, input 0, the state passes through
     dtu = dt * u
-    Bt = _load_bc(B_ptr, bc_rows, bc_nm, r_t, t0, L, i_j, i_n, NPI, NPL, Q, S, S2, BD, MASKED, not EVEN_N)
     # (dt, dt*u) x (A*log2e, B) as one multiply of joined pairs: pairing dt with the B tile makes
     # the layout pass move dt into the compute layout once (through shared memory), instead of
     # moving A into dt's layout and then every per-step slice of the state back (measured on
@@ -349,7 +367,23 @@ def _fwd_tile_states(u_ptr, dt_ptr, B_ptr, row, toff, t0, L, carry,
     dts = tl.sum(tl.sum(tl.sum(tl.sum(dt, axis=5), axis=0), axis=2, keep_dims=True), axis=0, keep_dims=True)
     Pseg = tl.exp2(dts * A2q)
     start, carry = _segment_starts(Pseg, h, carry, i_q4, NPI, BD, NPL, Q)
-    return u, pre, dt, dtu, Bt, a, x, Pseg, start, carry, tl.sum(dts, axis=3, keep_dims=True)
+    return pre, dt, dtu, a, x, Pseg, start, carry, tl.sum(dts, axis=3, keep_dims=True)
+
+
+@triton.jit
+def _tile_output(u, a, x, start, Ct, Dv, i_j, i_s, S: tl.constexpr, S2: tl.constexpr, HAS_D: tl.constexpr):
+    # Pass 2: the exact states from each segment's start, gathered back into a 6-D tile for
+    # y = sum_n C h (in-thread over the NPI states first, then across the NPL lanes), plus D u.
+    SEG: tl.constexpr = S * S2
+    h = start
+    H = tl.zeros(Ct.shape, dtype=tl.float32)
+    for p in tl.static_range(SEG):
+        h = _pick(a, i_j, i_s, p // S, p % S) * h + _pick(x, i_j, i_s, p // S, p % S)
+        H = _put(H, h, i_j, i_s, p // S, p % S)
+    y = tl.sum(tl.sum(H * Ct, axis=1, keep_dims=True), axis=3, keep_dims=True)
+    if HAS_D:
+        y += Dv * u
+    return y
 
 
 @triton.jit
@@ -358,22 +392,11 @@ def _fwd_tile(u_ptr, dt_ptr, B_ptr, C_ptr, row, toff, t0, L, carry,
               NPI: tl.constexpr, BD: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr,
               S: tl.constexpr, S2: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
               HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, MASKED: tl.constexpr):
-    SEG: tl.constexpr = S * S2
     u, pre, dt, dtu, Bt, a, x, Pseg, start, carry, dsum = _fwd_tile_states(
         u_ptr, dt_ptr, B_ptr, row, toff, t0, L, carry, A2, A2q, bias, i_j, i_n, i_s, i_q4,
         bc_rows, bc_nm, r_t, NPI, BD, NPL, Q, S, S2, SOFTPLUS, HAS_BIAS, EVEN_N, MASKED)
-    # pass 2: exact states, gathered back into a 6-D tile for y = sum_n C h
-    h = start
-    H = tl.zeros([S2, NPI, BD, NPL, Q, S], dtype=tl.float32)
-    for p in tl.static_range(SEG):
-        h = _pick(a, i_j, i_s, p // S, p % S) * h + _pick(x, i_j, i_s, p // S, p % S)
-        H = _put(H, h, i_j, i_s, p // S, p % S)
-    Ct = _load_bc(C_ptr, bc_rows, bc_nm, r_t, t0, L, i_j, i_n, NPI, NPL, Q, S, S2, BD, MASKED, False)
-    # in-thread over the NPI states first, then across the NPL lanes
-    y = tl.sum(tl.sum(H * Ct, axis=1, keep_dims=True), axis=3, keep_dims=True)
-    if HAS_D:
-        y += Dv * u
-    return y, carry
+    Ct = _load_bc(C_ptr, bc_rows, bc_nm, r_t, t0, L, i_j, i_n, NPI, NPL, Q, S, S2, BD, MASKED, False, False)
+    return _tile_output(u, a, x, start, Ct, Dv, i_j, i_s, S, S2, HAS_D), carry
 
 
 @triton.jit
@@ -556,7 +579,7 @@ def _bwd_tile(u_ptr, dt_ptr, B_ptr, C_ptr, dy_ptr, dB_ptr, dC_ptr,
     # dC[k, n, t] = sum over the group's channels of dy_t h_t[n]
     dC6 = H * dy
     # ---- adjoint, backwards in time: g_p = C_p dy_p + a_{p+1} g_{p+1}
-    Ct = _load_bc(C_ptr, bc_rows, bc_nm, r_t, t0, L, i_j, i_n, NPI, NPL, Q, S, S2, BD, MASKED, False)
+    Ct = _load_bc(C_ptr, bc_rows, bc_nm, r_t, t0, L, i_j, i_n, NPI, NPL, Q, S, S2, BD, MASKED, False, False)
     Qt = Ct * dy
     g = _pick(Qt, i_j, i_s, S2 - 1, S - 1)
     for p in tl.static_range(SEG - 2, -1, -1):
@@ -697,7 +720,7 @@ def _bwd_tile_adjoint(dt_ptr, C_ptr, dy_ptr, row, toff, t0, L, vcarry, A2, A2q, 
     if MASKED:
         dt = tl.where(tt < L, dt, 0.0)
     dy = _load_tile(dy_ptr, row + tt, tt, L, MASKED, dm_dy)
-    Ct = _load_bc(C_ptr, bc_rows, bc_nm, r_t, t0, L, i_j, i_n, NPI, NPL, Q, S, S2, BD, MASKED, False)
+    Ct = _load_bc(C_ptr, bc_rows, bc_nm, r_t, t0, L, i_j, i_n, NPI, NPL, Q, S, S2, BD, MASKED, False, False)
     Z = tl.join(dt, dy) * tl.join(tl.broadcast_to(A2, Ct.shape), Ct)
     dA2, Qt = tl.split(Z)
     a = tl.exp2(dA2)

@@ -1,28 +1,313 @@
-"""`triton` backend of ss2d_core: the composition of this backend's cross_scan, selective_scan and
-cross_merge kernels, with cuBLAS for the two projections (what SS2D ran before ss2d_core existed,
-bit for bit, so files encoded before still decode).
+"""`triton` backend of ss2d_core: one scan kernel per direction that reads u and the x_proj output by
+index, computes delta in registers and adds its output into one of two float32 accumulators.
 
-The four directions are stacked in every intermediate ((batch, 4, dim, L) each). Running them one
-at a time over the same scan kernel (``kernels/pytorch/ss2d_core.py``) halves the peak memory of a
-2048x1536 forward on an H200 (27.4 -> 14.7 GiB) but costs 43% more time (718 -> 1026 ms: the
-flips, transposes and accumulations of the per-direction maps move more bytes than the stacked
-kernels do; bench/RESULTS.md), so the GPU keeps the stacked form until one fused kernel reads each
-direction by index and accumulates the output itself.
+No tensor holds the four directions (no (batch, 4, dim, L) copy, delta or scan output):
+
+    cols      = u transposed (batch, dim, W, H): one copy, the column-major directions' sequence
+    dbl_rows  = x_proj_weight[0, 2] @ u     (batch, 2 (R + 2N), L), spatial row-major order
+    dbl_cols  = x_proj_weight[1, 3] @ cols  (batch, 2 (R + 2N), L), column-major order
+    direction k = 0, 1, 2, 3 (one launch each, in this order):
+        sequence  rows (k = 0, 2) or cols (k = 1, 3), step t at position t, or L - 1 - t for the
+                  reversed directions k = 2, 3: index arithmetic, no flipped copy
+        delta_t   = dt_projs_weight[k] @ (the R rows of dbl at t), in float32 registers, never stored
+        B_t, C_t  = the next 2N rows of dbl at t
+        acc_rows (k = 0, 2) or acc_cols (k = 1, 3)  (+)=  y_t at the step's position
+    out = acc_rows + acc_cols transposed back: (batch, H, W, dim), a channel-last view
+
+x_proj depends on the position only. It runs as two matmuls, one per accumulator's order, rather
+than one on u followed by a transposed read of the column-major directions' rows: same flops, and
+every load of the scan is then contiguous along the scan (a transposed read would touch one float
+per 32-byte sector).
+
+Traffic per call, in (batch, dim, L) maps of float32: the transpose reads u and writes cols (2),
+the x_proj matmuls read u and cols (2), the scans read their sequences (4), the accumulators are
+written by k = 0, 1 and read and written by k = 2, 3 (6), and the merge reads both and writes
+one in place (3): 17, plus the projection rows, which each program shares among its channels.
+The composition of the separate ops moves about 30 (xs written and read by the projection and
+the scan, delta written and read, the scan outputs written and read by the merge).
+
+Determinism. Each launch adds its output into the accumulator at positions it alone owns, the
+launches run in a fixed order on one stream, and each scan combines in the fixed order of the
+selective_scan kernel: the output is bit-identical from run to run, with no atomics. The sum
+is ((y0 + y2) in rows) + ((y1 + y3) in cols), the order of cross_merge.
+
+The scan's arithmetic (pass 1, the segment combine, pass 2, the chunking of L into programs) is
+the selective_scan kernel's (``selective_scan.py``: _tile_states, _tile_output, the chunk
+summary and carry passes); only the loads and the output differ.
+
+Backward. The op's autograd formula recomputes one direction at a time (the projections, that
+direction's sequence and delta, and the scan with its tile states) and backpropagates it before
+the next: nothing is saved by the forward beyond its inputs, and the live set of the backward is
+a few (batch, dim, L) maps, never four.
 """
 
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
 from .. import _backend
-from ..reference.ss2d_core import compose
-from . import cross_scan as _cross
+from ..pytorch.ss2d_core import direction_output
 from . import selective_scan as _scan
+from .selective_scan import (
+    _FWD_PROGRAMS_PER_SM,
+    _FWD_TILES,
+    _carry_chunks,
+    _chunking,
+    _load_bc,
+    _load_tile,
+    _program_setup,
+    _split,
+    _table,
+    _tile_config,
+    _tile_output,
+    _tile_states,
+    _tile_steps,
+    _tracing,
+)
+
+
+@triton.jit
+def _dbl_rows(pid_d, b, bstride, row0, KD, N, L,
+              NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr,
+              S2: tl.constexpr, BD: tl.constexpr):
+    # Row offsets of the N rows row0 ... row0 + N - 1 of image b's projection (batch stride
+    # bstride), in the piecewise form _load_bc takes (see selective_scan._bc_rows).
+    SEG: tl.constexpr = S * S2
+    R: tl.constexpr = BD * NPL * Q
+    r = tl.arange(0, R)[:, None]
+    r_l = (r // Q) % NPL
+    r_t = (r % Q) * SEG + tl.arange(0, S)[None, :]
+    base = b.to(tl.int64) * bstride
+    rows = ()
+    nmasks = ()
+    for i in tl.static_range(NPI):
+        n = r_l * NPI + i
+        rows = rows + (base + (row0 + tl.minimum(n, N - 1)).to(tl.int64) * L,)
+        nmasks = nmasks + (n < N,)
+    return rows, nmasks, r_t
+
+
+@triton.jit
+def _direction_loads(u_ptr, dbl_ptr, wdt_ptr, row, d_c, dts_row, toff, t0, L, R,
+                     b_rows, bc_nm, r_t, i_j, i_n,
+                     NPI: tl.constexpr, BD: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr,
+                     S: tl.constexpr, S2: tl.constexpr, EVEN_N: tl.constexpr, MASKED: tl.constexpr,
+                     REV: tl.constexpr):
+    # One tile of direction k's sequence, delta before its bias, and B, at steps t0 + toff (the
+    # position is the step, or L - 1 - step for a reversed direction).
+    tt = t0 + toff
+    mm = (L - 1 - tt) if REV else tt
+    u = _load_tile(u_ptr, row + mm, tt, L, MASKED, None)
+    # delta = dt_proj(the R rows): one [steps] row of the projection per r, shared by the BD
+    # channels, times their weights; summed in the fixed order r = 0 ... R - 1
+    pre = tl.zeros(u.shape, dtype=tl.float32)
+    for r in range(R):
+        w = tl.load(wdt_ptr + d_c * R + r)
+        pre += w * _load_tile(dbl_ptr, dts_row + r * L + mm, tt, L, MASKED, None)
+    Bt = _load_bc(dbl_ptr, b_rows, bc_nm, r_t, t0, L, i_j, i_n, NPI, NPL, Q, S, S2, BD, MASKED, not EVEN_N, REV)
+    return u, pre, Bt
+
+
+@triton.jit
+def _direction_setup(A_ptr, D_ptr, bias_ptr, L, KD, N, R, bstride,
+                     NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr,
+                     S2: tl.constexpr, BD: tl.constexpr, HAS_D: tl.constexpr):
+    # _program_setup for one direction (one group of KD = dim channels), plus the rows of the
+    # projection: delta's R rows start at dts_row, B's N rows at R, C's at R + N.
+    (pid_d, b, i_j, i_n, i_s, i_q4, dm, nm, row, brow, toff, A2, A2q, bias, Dv,
+     _, _, _, ch4, n4, row_mask, ch_mask) = _program_setup(
+        A_ptr, D_ptr, bias_ptr, L, KD, KD, N, 1, NPI, NPL, Q, S, S2, BD, HAS_D, True)
+    d_c = tl.minimum(pid_d * BD + tl.arange(0, BD)[None, None, :, None, None, None], KD - 1)
+    b_rows, bc_nm, r_t = _dbl_rows(pid_d, b, bstride, R, KD, N, L, NPI, NPL, Q, S, S2, BD)
+    c_rows, _, _ = _dbl_rows(pid_d, b, bstride, R + N, KD, N, L, NPI, NPL, Q, S, S2, BD)
+    dts_row = b.to(tl.int64) * bstride
+    return (pid_d, b, i_j, i_n, i_s, i_q4, dm, row, toff, A2, A2q, bias, Dv, d_c, dts_row,
+            b_rows, c_rows, bc_nm, r_t, ch4, n4, row_mask, ch_mask)
+
+
+@triton.jit
+def _ss2d_direction_fwd_kernel(
+    u_ptr, dbl_ptr, wdt_ptr, A_ptr, D_ptr, bias_ptr, acc_ptr, carry_ptr,
+    L, KD, N, R, bstride, n_chunks, chunk_tiles,
+    NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr, S2: tl.constexpr,
+    BD: tl.constexpr, EVEN_N: tl.constexpr, CHUNKED: tl.constexpr, REV: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+):
+    """One direction's scan: BD channels of image program_id(1), over chunk program_id(2) (all of
+    L when not CHUNKED), from its carry; y is stored into (ACCUMULATE: added to) acc at each step's
+    position. A, D, bias, wdt: this direction's (dim, N), (dim,), (dim,), (dim, R)."""
+    T: tl.constexpr = Q * S * S2
+    (pid_d, b, i_j, i_n, i_s, i_q4, dm, row, toff, A2, A2q, bias, Dv, d_c, dts_row,
+     b_rows, c_rows, bc_nm, r_t, ch4, n4, row_mask, _) = _direction_setup(
+        A_ptr, D_ptr, bias_ptr, L, KD, N, R, bstride, NPI, NPL, Q, S, S2, BD, True)
+    _, first, stop, last_chunk, carry, n_full = _scan._chunk_span(
+        carry_ptr, ch4, n4, row_mask, L, N, n_chunks, chunk_tiles, T, NPI, BD, NPL, CHUNKED)
+    for tile in range(first, stop):
+        carry = _direction_tile(u_ptr, dbl_ptr, wdt_ptr, acc_ptr, row, d_c, dts_row, toff, tile * T, L, R, carry,
+                                A2, A2q, bias, Dv, dm, b_rows, c_rows, bc_nm, r_t, i_j, i_n, i_s, i_q4,
+                                NPI, BD, NPL, Q, S, S2, EVEN_N, False, REV, ACCUMULATE)
+    if last_chunk and n_full * T < L:
+        carry = _direction_tile(u_ptr, dbl_ptr, wdt_ptr, acc_ptr, row, d_c, dts_row, toff, n_full * T, L, R, carry,
+                                A2, A2q, bias, Dv, dm, b_rows, c_rows, bc_nm, r_t, i_j, i_n, i_s, i_q4,
+                                NPI, BD, NPL, Q, S, S2, EVEN_N, True, REV, ACCUMULATE)
+
+
+@triton.jit
+def _direction_tile(u_ptr, dbl_ptr, wdt_ptr, acc_ptr, row, d_c, dts_row, toff, t0, L, R, carry,
+                    A2, A2q, bias, Dv, dm, b_rows, c_rows, bc_nm, r_t, i_j, i_n, i_s, i_q4,
+                    NPI: tl.constexpr, BD: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr,
+                    S: tl.constexpr, S2: tl.constexpr, EVEN_N: tl.constexpr, MASKED: tl.constexpr,
+                    REV: tl.constexpr, ACCUMULATE: tl.constexpr):
+    tt = t0 + toff
+    u, pre, Bt = _direction_loads(u_ptr, dbl_ptr, wdt_ptr, row, d_c, dts_row, toff, t0, L, R,
+                                  b_rows, bc_nm, r_t, i_j, i_n, NPI, BD, NPL, Q, S, S2, EVEN_N, MASKED, REV)
+    pre, dt, dtu, a, x, Pseg, start, carry, dsum = _tile_states(
+        u, pre, Bt, tt, L, carry, A2, A2q, bias, i_j, i_s, i_q4, NPI, BD, NPL, Q, S, S2, True, True, MASKED)
+    Ct = _load_bc(dbl_ptr, c_rows, bc_nm, r_t, t0, L, i_j, i_n, NPI, NPL, Q, S, S2, BD, MASKED, False, REV)
+    y = _tile_output(u, a, x, start, Ct, Dv, i_j, i_s, S, S2, True)
+    offs = row + ((L - 1 - tt) if REV else tt)
+    mask = dm & (tt < L) if MASKED else dm
+    if ACCUMULATE:
+        y += tl.load(acc_ptr + offs, mask=mask, other=0.0)
+    tl.store(acc_ptr + offs, y, mask=mask)
+    return carry
+
+
+@triton.jit
+def _ss2d_direction_summary_kernel(
+    u_ptr, dbl_ptr, wdt_ptr, A_ptr, bias_ptr, hend_ptr, dts_ptr,
+    L, KD, N, R, bstride, n_chunks, chunk_tiles,
+    NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr, S2: tl.constexpr,
+    BD: tl.constexpr, EVEN_N: tl.constexpr, REV: tl.constexpr,
+):
+    """Chunk pass 1 of one direction (selective_scan's _fwd_chunk_summary_kernel with this op's
+    loads): each chunk's end state from a zero start, and its sum of dt."""
+    T: tl.constexpr = Q * S * S2
+    c = tl.program_id(2)
+    (pid_d, b, i_j, i_n, i_s, i_q4, dm, row, toff, A2, A2q, bias, Dv, d_c, dts_row,
+     b_rows, c_rows, bc_nm, r_t, ch4, n4, row_mask, ch_mask) = _direction_setup(
+        A_ptr, A_ptr, bias_ptr, L, KD, N, R, bstride, NPI, NPL, Q, S, S2, BD, False)
+    n_full = L // T
+    first = c * chunk_tiles
+    stop = tl.minimum(first + chunk_tiles, n_full)
+    carry = tl.zeros([NPI, BD, NPL, 1], dtype=tl.float32)
+    dsum = tl.zeros([1, BD, 1, 1], dtype=tl.float32)
+    for tile in range(first, stop):
+        u, pre, Bt = _direction_loads(u_ptr, dbl_ptr, wdt_ptr, row, d_c, dts_row, toff, tile * T, L, R,
+                                      b_rows, bc_nm, r_t, i_j, i_n, NPI, BD, NPL, Q, S, S2, EVEN_N, False, REV)
+        pre, dt, dtu, a, x, Pseg, start, carry, ds = _tile_states(
+            u, pre, Bt, tile * T + toff, L, carry, A2, A2q, bias, i_j, i_s, i_q4,
+            NPI, BD, NPL, Q, S, S2, True, True, False)
+        dsum += ds
+    if c == n_chunks - 1 and n_full * T < L:
+        u, pre, Bt = _direction_loads(u_ptr, dbl_ptr, wdt_ptr, row, d_c, dts_row, toff, n_full * T, L, R,
+                                      b_rows, bc_nm, r_t, i_j, i_n, NPI, BD, NPL, Q, S, S2, EVEN_N, True, REV)
+        pre, dt, dtu, a, x, Pseg, start, carry, ds = _tile_states(
+            u, pre, Bt, n_full * T + toff, L, carry, A2, A2q, bias, i_j, i_s, i_q4,
+            NPI, BD, NPL, Q, S, S2, True, True, True)
+        dsum += ds
+    tl.store(_table(hend_ptr, ch4, n4, n_chunks, c, N), carry, mask=row_mask)
+    tl.store(dts_ptr + ch4 * n_chunks + c, dsum, mask=ch_mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launcher, registration, autograd
+# ----------------------------------------------------------------------------------------------
+
+
+def _projections(u: torch.Tensor, x_proj_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cols, dbl_rows, dbl_cols): u's column-major copy and x_proj in each accumulator's order."""
+    batch, D, H, W = u.shape
+    rows = u.reshape(batch, D, H * W)
+    cols = u.transpose(2, 3).reshape(batch, D, H * W).contiguous()
+    C = x_proj_weight.shape[1]
+    w = x_proj_weight.to(u.dtype)
+    dbl_rows = torch.matmul(w[0::2].reshape(2 * C, D), rows)  # directions 0, 2
+    dbl_cols = torch.matmul(w[1::2].reshape(2 * C, D), cols)  # directions 1, 3
+    return cols, dbl_rows, dbl_cols
+
+
+@torch.library.triton_op("mambaic::ss2d_core_fwd_triton", mutates_args=())
+def ss2d_core_fwd_triton(
+    u: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor, dt_projs_bias: torch.Tensor,
+    A_logs: torch.Tensor, Ds: torch.Tensor, n_chunks: int,
+) -> torch.Tensor:
+    """(batch, dim, H, W) -> (batch, H, W, dim) in u's dtype, a channel-last view of a channel-first
+    map. L is cut into n_chunks chunks per direction (1: one pass; rounded so none is empty)."""
+    return _ss2d_core_fwd(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, n_chunks)
+
+
+def _ss2d_core_fwd(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, n_chunks):
+    # The launcher, apart from its registration so that a test can watch its allocations.
+    batch, D, H, W = u.shape
+    L = H * W
+    R, N = dt_projs_weight.shape[2], A_logs.shape[1]
+    C = R + 2 * N
+    cfg = _tile_config(N, _FWD_TILES)
+    # two allocations, not one: the cols accumulator is freed when this returns
+    acc = [u.new_empty((batch, D, L), dtype=torch.float32) for _ in range(2)]  # rows (k = 0, 2), cols (1, 3)
+    out = acc[0].view(batch, D, H, W)
+    if _tracing(u):
+        return out.permute(0, 2, 3, 1).to(u.dtype)
+    cols, dbl_rows, dbl_cols = _projections(u, x_proj_weight)
+    A = (-torch.exp(A_logs.float())).view(4, D, N)
+    skip = Ds.float().view(4, D)
+    bias = dt_projs_bias.float().contiguous()
+    w_dt = dt_projs_weight.float().contiguous()
+    n_chunks, per_chunk = _split(triton.cdiv(L, _tile_steps(_FWD_TILES)), n_chunks)
+    grid = (triton.cdiv(D, cfg["BD"]), batch, n_chunks)
+    carries = acc[0]  # unread without chunks
+    if n_chunks > 1:
+        carries = u.new_empty((batch, D, n_chunks, N), dtype=torch.float32)
+        dsums = u.new_empty((batch, D, n_chunks), dtype=torch.float32)
+    for k in range(4):
+        seq = u if k % 2 == 0 else cols
+        dbl = (dbl_rows if k % 2 == 0 else dbl_cols)[:, (k // 2) * C :]  # this direction's R + 2N rows
+        common = dict(L=L, KD=D, N=N, R=R, bstride=2 * C * L, n_chunks=n_chunks, chunk_tiles=per_chunk,
+                      REV=k >= 2, num_warps=_FWD_TILES.warps, **cfg)  # fmt: skip
+        if n_chunks > 1:
+            torch.library.wrap_triton(_ss2d_direction_summary_kernel)[grid](
+                seq, dbl, w_dt[k], A[k], bias[k], carries, dsums,
+                **{n: v for n, v in common.items() if n != "EVEN_N"}, EVEN_N=cfg["EVEN_N"])
+            _carry_chunks(carries, dsums, A[k], reverse=False)
+        torch.library.wrap_triton(_ss2d_direction_fwd_kernel)[grid](
+            seq, dbl, w_dt[k], A[k], skip[k], bias[k], acc[k % 2], carries,
+            CHUNKED=n_chunks > 1, ACCUMULATE=k >= 2, **common)
+    del cols, dbl_rows, dbl_cols
+    out.add_(acc.pop().view(batch, D, W, H).transpose(2, 3))
+    return out.permute(0, 2, 3, 1).to(u.dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:6])
+
+
+def _backward(ctx, dout):
+    """One direction at a time: recompute it (projections, sequence, delta, the scan and its tile
+    states) with autograd recording, backpropagate dout through it, free it; gradients accumulate
+    in the leaves (float32 for the float32 weights)."""
+    inputs = ctx.saved_tensors
+    leaves = [t.detach().requires_grad_(needs) for t, needs in zip(inputs, ctx.needs_input_grad[:6])]
+    dout = dout.permute(0, 3, 1, 2)  # (batch, dim, H, W), as direction_output returns
+    with torch.enable_grad():
+        for k in range(4):
+            y = direction_output(_scan.selective_scan, k, *leaves)
+            torch.autograd.backward(y, dout.to(y.dtype))
+            del y
+    return (*(leaf.grad if needs else None for leaf, needs in zip(leaves, ctx.needs_input_grad[:6])), None)
+
+
+torch.library.register_autograd("mambaic::ss2d_core_fwd_triton", _backward, setup_context=_setup_context)
 
 
 def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
-    return compose(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, cross_scan=_cross.cross_scan,
-                   selective_scan=_scan.selective_scan, cross_merge=_cross.cross_merge)  # fmt: skip
+    """The backend entry point registered with _backend (arguments already checked)."""
+    batch, D, H, W = u.shape
+    n_chunks, _ = _chunking(batch, D, H * W, _FWD_TILES, u.device, _FWD_PROGRAMS_PER_SM)
+    return torch.ops.mambaic.ss2d_core_fwd_triton(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
+                                                  n_chunks)  # fmt: skip
 
 
 def _supports(device: str, dtype: torch.dtype, d_state: int, **meta) -> str | None:

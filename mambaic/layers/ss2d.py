@@ -95,7 +95,6 @@ class SS2D(nn.Module):
 
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)  # -> (u | z)
         self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=True)
-        self.act = nn.SiLU()
 
         # x_proj: per direction, d_inner -> (delta rank R | B: N | C: N), as K stacked Linear weights.
         x_proj = torch.empty(K, dt_rank + 2 * d_state, d_inner)
@@ -128,10 +127,14 @@ class SS2D(nn.Module):
         # copy (about 10% of a VSS block on CPU at 1/2 resolution).
         x_t = x.reshape(batch, H * W, C).transpose(1, 2)  # (batch, C, L), a view
         u = torch.bmm(w_u.expand(batch, -1, -1), x_t).view(batch, self.d_inner, H, W)
-        u = self.act(self.conv2d(u))  # (batch, d_inner, H, W)
-        z = F.linear(x, w_z)  # (batch, H, W, d_inner)
+        # Without autograd nothing needs the intermediates: activations run in place and z is made
+        # after the core, so that the core's peak holds u and its own buffers, not z as well.
+        inplace = not torch.is_grad_enabled()
+        u = F.silu(self.conv2d(u), inplace=inplace)  # (batch, d_inner, H, W)
         y = self.core(u)  # (batch, H, W, d_inner)
-        return self.out_proj(y * self.act(z))
+        del u
+        z = F.silu(F.linear(x, w_z), inplace=inplace)  # (batch, H, W, d_inner)
+        return self.out_proj(y.mul_(z) if inplace else y * z)
 
     def core(self, u: torch.Tensor) -> torch.Tensor:
         """The 2D selective scan: (batch, d_inner, H, W) -> out_norm'ed (batch, H, W, d_inner)."""

@@ -135,7 +135,7 @@ def test_every_vss_block_matches_the_composed_core(tiny, backend):
         with torch.no_grad(), mambaic_kernels.use_backend(backend):
             batch, H, W, _ = x.shape
             w_u = ss2d.in_proj.weight.chunk(2, dim=0)[0]
-            u = ss2d.act(ss2d.conv2d((x @ w_u.t()).permute(0, 3, 1, 2).contiguous()))
+            u = torch.nn.functional.silu(ss2d.conv2d((x @ w_u.t()).permute(0, 3, 1, 2).contiguous()))
             fused = ss2d.core(u)
             composed = ss2d.out_norm(mambaic_kernels.reference.ss2d_core(
                 u.contiguous(), ss2d.x_proj_weight, ss2d.dt_projs_weight, ss2d.dt_projs_bias, ss2d.A_logs, ss2d.Ds))

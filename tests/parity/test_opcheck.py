@@ -24,10 +24,15 @@ def _samples(dtype=torch.float32):
                                       g(2, 4, 16, 37), g(2, 4, 16, 37),
                                       torch.randn(8, device=DEVICE).requires_grad_(),
                                       torch.randn(8, device=DEVICE).requires_grad_(), True, True, 1),
+        # u (2, 6, 5, 7) and SS2D weights with R = 2, N = 4, cut into 2 chunks per direction
+        "ss2d_core_fwd_triton": (g(2, 6, 5, 7), g(4, 10, 6) / 3, g(4, 6, 2) / 2,
+                                 (torch.randn(4, 6, **f) - 2).requires_grad_(), (torch.rand(24, 4, **f)).requires_grad_(),
+                                 g(24), 2),  # fmt: skip
     }
 
 
-TRITON_OPS = ["cross_scan_fwd_triton", "cross_merge_fwd_triton", "window_attention_fwd_triton", "selective_scan_fwd_triton"]
+TRITON_OPS = ["cross_scan_fwd_triton", "cross_merge_fwd_triton", "window_attention_fwd_triton", "selective_scan_fwd_triton",
+              "ss2d_core_fwd_triton"]
 
 
 @pytest.mark.parametrize("name", TRITON_OPS)

@@ -7,6 +7,8 @@ import mambaic_kernels as mk
 from mambaic_kernels import reference
 from mambaic_kernels.reference.cross_scan import scan_orders
 
+from mambaic_kernels import _backend
+
 from .conftest import DEVICE, INTERPRETED, require
 from .helpers import assert_close, check_low_precision, grads, leaf
 
@@ -102,6 +104,56 @@ def test_deterministic_forward(backend):
     require("ss2d_core", backend, u, d_state=16)
     with mk.use_backend(backend):
         assert torch.equal(mk.ss2d_core(u, **w), mk.ss2d_core(u, **w))
+
+
+SS2D_CHUNK_CASES = [pytest.param((2, 5, 9, 13, 4, 2), id="B2-D5-H9-W13-N4-R2")]
+if DEVICE == "cuda" and not INTERPRETED:
+    SS2D_CHUNK_CASES += [pytest.param((2, 40, 61, 53, 16, 5), id="B2-D40-H61-W53-N16-R5")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("case", SS2D_CHUNK_CASES)
+def test_triton_fused_chunked(case, dtype):
+    """The fused triton core with each direction's L cut into chunks (summary, carry and main
+    passes, the reversed directions included), against the reference, and the same bits as
+    itself in one pass up to the rounding of the chunk carries."""
+    if _backend._load("triton") is not None:
+        pytest.skip(f"triton backend unavailable: {_backend._load('triton')}")
+    u64, w64 = make_inputs(*case)
+    u = u64.to(dtype)
+    w = {n: t.float() for n, t in w64.items()}
+    require("ss2d_core", "triton", u, d_state=case[4])
+    args = (u, *w.values())
+    expected = reference.ss2d_core(u.double(), **{n: t.double() for n, t in w.items()})
+    for n_chunks in (1, 3):
+        out = torch.ops.mambaic.ss2d_core_fwd_triton(*args, n_chunks)
+        assert_close(out, expected, "ss2d_core", dtype, "fwd", f"triton ss2d_core, {n_chunks} chunks, {case}")
+
+
+def test_triton_fused_keeps_no_four_direction_tensor(monkeypatch):
+    """The fused forward allocates nothing with 4 x dim x L elements (the stacked directions)."""
+    if _backend._load("triton") is not None:
+        pytest.skip(f"triton backend unavailable: {_backend._load('triton')}")
+    batch, dim, H, W, N, R = 1, 6, 5, 7, 4, 2
+    u64, w64 = make_inputs(batch, dim, H, W, N, R)
+    u, w = u64.float(), {n: t.float() for n, t in w64.items()}
+    sizes = []
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Allocations(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            # floating tensors only: the interpreter moves the kernels' arguments as byte tensors
+            sizes.extend(t.numel() for t in (out if isinstance(out, (tuple, list)) else (out,))
+                         if isinstance(t, torch.Tensor) and t.is_floating_point())  # fmt: skip
+            return out
+
+    from mambaic_kernels.triton.ss2d_core import _ss2d_core_fwd
+
+    with torch.no_grad(), Allocations():
+        _ss2d_core_fwd(u, *w.values(), 2)
+    assert dim * H * W in sizes, "the accumulators' allocation was not seen"
+    assert max(sizes) < 4 * dim * H * W, f"a tensor of {max(sizes)} elements (4 x dim x L = {4 * dim * H * W})"
 
 
 def test_bad_inputs():
