@@ -1,4 +1,4 @@
-"""Compile the Triton selective-scan kernels for an H100 (sm_90) on any machine.
+"""Compile the Triton selective-scan and SS2D-core kernels for an H100 / H200 (sm_90) on any machine.
 
 The interpreter runs the kernels' Python, not Triton's compiler: code it accepts can still fail to
 compile (a loop-carried variable changing type did, once). Here every kernel the launchers can
@@ -39,6 +39,14 @@ def launches():
     yield ts._fwd_chunk_summary_kernel, dict(fwd, SOFTPLUS=True, HAS_BIAS=True), ts._FWD_TILES.warps
     yield ts._bwd_chunk_summary_kernel, dict(bwd_summary, SOFTPLUS=True, HAS_BIAS=True, ONE_GROUP=True), ts._BWD_TILES.warps
     yield ts._chunk_carry_kernel, dict(REVERSE=True, BLOCK=128), 4
+    from mambaic_kernels.triton import ss2d_core as sc
+
+    # the model's d_state and a dt rank of 16 (d_model 256)
+    for chunked, rev in ((False, False), (True, True)):
+        yield sc._ss2d_direction_fwd_kernel, dict(fwd, R=16, CHUNKED=chunked, REV=rev, ACCUMULATE=rev), ts._FWD_TILES.warps
+    yield sc._ss2d_direction_summary_kernel, dict(fwd, R=16, REV=True), ts._FWD_TILES.warps
+    yield sc._transpose_kernel, dict(BH=32, BW=32), 4
+    yield sc._merge_kernel, dict(BD=32, BH=16, BW=16), 8
 
 
 def main() -> int:
@@ -54,14 +62,14 @@ def main() -> int:
     return 1 if failed else 0
 
 
-def test_selective_scan_kernels_compile_for_sm90():
+def test_scan_kernels_compile_for_sm90():
     import pytest
 
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert run.stdout.count("\nok ") + run.stdout.startswith("ok ") == 11, run.stdout
+    assert run.stdout.count("\nok ") + run.stdout.startswith("ok ") == 16, run.stdout
 
 
 if __name__ == "__main__":
