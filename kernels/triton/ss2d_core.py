@@ -10,7 +10,8 @@ No tensor holds the four directions (no (batch, 4, dim, L) copy, delta or scan o
     direction k = 0, 1, 2, 3 (one launch each, in this order):
         sequence  rows (k = 0, 2) or cols (k = 1, 3), step t at position t, or L - 1 - t for the
                   reversed directions k = 2, 3: index arithmetic, no flipped copy
-        delta_t   = dt_projs_weight[k] @ (the R rows of dbl at t), in float32 registers, never stored
+        delta_t   = dt_projs_weight[k] @ (the R rows of dbl at t): one matmul into a buffer that
+                  the four directions share, or in the scan's registers (see "Delta")
         B_t, C_t  = the next 2N rows of dbl at t
         acc_rows (k = 0, 2) or acc_cols (k = 1, 3)  (+)=  y_t at the step's position
     out = acc_rows + acc_cols transposed back, by one tiled kernel: (batch, H, W, dim),
@@ -27,6 +28,17 @@ written by k = 0, 1 and read and written by k = 2, 3 (6), and the merge reads bo
 the output (3): 17, plus the projection rows, which each program shares among its channels.
 The composition of the separate ops moves about 30 (xs written and read by the projection and
 the scan, delta written and read, the scan outputs written and read by the merge).
+
+Delta. The design reads the R rows of the projection and computes delta in the scan's
+registers, never writing it (delta_in_registers=True, tested like the default). Measured on an
+H200 (2026-11-29, dim 512, 768 x 768, R = 16, one direction): main pass 10.3 ms with it, 6.0 ms
+with delta read from memory; chunk summary 7.7 against 2.7 ms. Every thread loads the R rows for
+its own (channel, step) elements, so each row is read BD = 8 times from L1, and that load
+traffic, not the FMAs, costs twice the scan. Until the projection runs as one small matmul per
+tile (tl.dot on a [channels, R] x [R, steps] block, which needs the scan tile's channel axis
+padded to 16), the default computes delta with one cuBLAS matmul per direction into a single
+(batch, dim, L) buffer shared by the four directions: one map written and read per direction
+(about 0.6 ms here) instead of 9 ms of L1 traffic, and still no four-direction tensor.
 
 Determinism. Each launch adds its output into the accumulator at positions it alone owns, the
 launches run in a fixed order on one stream, and each scan combines in the fixed order of the
@@ -70,6 +82,10 @@ from .selective_scan import (
 )
 
 
+# Delta from a cuBLAS matmul per direction (False) or computed by the scan (True): see "Delta".
+_DELTA_IN_REGISTERS = False
+
+
 @triton.jit
 def _dbl_rows(pid_d, b, bstride, row0, KD, N, L,
               NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr,
@@ -92,24 +108,28 @@ def _dbl_rows(pid_d, b, bstride, row0, KD, N, L,
 
 
 @triton.jit
-def _direction_loads(u_ptr, dbl_ptr, wdt_ptr, row, d_c, dts_row, toff, t0, L, R: tl.constexpr,
+def _direction_loads(u_ptr, dbl_ptr, wdt_ptr, delta_ptr, row, d_c, dts_row, toff, t0, L, R: tl.constexpr,
                      b_rows, bc_nm, r_t, i_j, i_n,
                      NPI: tl.constexpr, BD: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr,
                      S: tl.constexpr, S2: tl.constexpr, EVEN_N: tl.constexpr, MASKED: tl.constexpr,
-                     REV: tl.constexpr):
+                     REV: tl.constexpr, DELTA_IN_REGISTERS: tl.constexpr):
     # One tile of direction k's sequence, delta before its bias, and B, at steps t0 + toff (the
     # position is the step, or L - 1 - step for a reversed direction).
     tt = t0 + toff
     mm = (L - 1 - tt) if REV else tt
     u = _load_tile(u_ptr, row + mm, tt, L, MASKED, None)
-    # delta = dt_proj(the R rows): one [steps] row of the projection per r, shared by the BD
-    # channels, times their weights; summed in the fixed order r = 0 ... R - 1. R is a constexpr
-    # and the loop unrolled, so that the 2R loads issue together: a runtime loop waited for each
-    # one in turn and made the kernel 2.4x slower than the plain scan (H200, 2026-11-29).
-    pre = tl.zeros(u.shape, dtype=tl.float32)
-    for r in tl.static_range(R):
-        w = tl.load(wdt_ptr + d_c * R + r)
-        pre += w * _load_tile(dbl_ptr, dts_row + r * L + mm, tt, L, MASKED, None)
+    if DELTA_IN_REGISTERS:
+        # delta = dt_proj(the R rows): one [steps] row of the projection per r, shared by the BD
+        # channels, times their weights; summed in the fixed order r = 0 ... R - 1 (R constexpr,
+        # unrolled). Each thread loads the rows for its own (channel, step) elements, so every
+        # row is read BD times from L1: at R = 16 that took the kernel from 6.0 to 10.3 ms, twice
+        # the scan itself (H200, 2026-11-29; see "Delta" in the module docstring).
+        pre = tl.zeros(u.shape, dtype=tl.float32)
+        for r in tl.static_range(R):
+            w = tl.load(wdt_ptr + d_c * R + r)
+            pre += w * _load_tile(dbl_ptr, dts_row + r * L + mm, tt, L, MASKED, None)
+    else:
+        pre = _load_tile(delta_ptr, row + mm, tt, L, MASKED, None)
     Bt = _load_bc(dbl_ptr, b_rows, bc_nm, r_t, t0, L, i_j, i_n, NPI, NPL, Q, S, S2, BD, MASKED, not EVEN_N, REV)
     return u, pre, Bt
 
@@ -133,11 +153,11 @@ def _direction_setup(A_ptr, D_ptr, bias_ptr, L, KD, N, R: tl.constexpr, bstride,
 
 @triton.jit
 def _ss2d_direction_fwd_kernel(
-    u_ptr, dbl_ptr, wdt_ptr, A_ptr, D_ptr, bias_ptr, acc_ptr, carry_ptr,
+    u_ptr, dbl_ptr, wdt_ptr, delta_ptr, A_ptr, D_ptr, bias_ptr, acc_ptr, carry_ptr,
     L, KD, N, bstride, n_chunks, chunk_tiles, R: tl.constexpr,
     NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr, S2: tl.constexpr,
     BD: tl.constexpr, EVEN_N: tl.constexpr, CHUNKED: tl.constexpr, REV: tl.constexpr,
-    ACCUMULATE: tl.constexpr,
+    ACCUMULATE: tl.constexpr, DELTA_IN_REGISTERS: tl.constexpr,
 ):
     """One direction's scan: BD channels of image program_id(1), over chunk program_id(2) (all of
     L when not CHUNKED), from its carry; y is stored into (ACCUMULATE: added to) acc at each step's
@@ -149,24 +169,24 @@ def _ss2d_direction_fwd_kernel(
     _, first, stop, last_chunk, carry, n_full = _scan._chunk_span(
         carry_ptr, ch4, n4, row_mask, L, N, n_chunks, chunk_tiles, T, NPI, BD, NPL, CHUNKED)
     for tile in range(first, stop):
-        carry = _direction_tile(u_ptr, dbl_ptr, wdt_ptr, acc_ptr, row, d_c, dts_row, toff, tile * T, L, R, carry,
+        carry = _direction_tile(u_ptr, dbl_ptr, wdt_ptr, delta_ptr, acc_ptr, row, d_c, dts_row, toff, tile * T, L, R, carry,
                                 A2, A2q, bias, Dv, dm, b_rows, c_rows, bc_nm, r_t, i_j, i_n, i_s, i_q4,
-                                NPI, BD, NPL, Q, S, S2, EVEN_N, False, REV, ACCUMULATE)
+                                NPI, BD, NPL, Q, S, S2, EVEN_N, False, REV, ACCUMULATE, DELTA_IN_REGISTERS)
     if last_chunk and n_full * T < L:
-        carry = _direction_tile(u_ptr, dbl_ptr, wdt_ptr, acc_ptr, row, d_c, dts_row, toff, n_full * T, L, R, carry,
+        carry = _direction_tile(u_ptr, dbl_ptr, wdt_ptr, delta_ptr, acc_ptr, row, d_c, dts_row, toff, n_full * T, L, R, carry,
                                 A2, A2q, bias, Dv, dm, b_rows, c_rows, bc_nm, r_t, i_j, i_n, i_s, i_q4,
-                                NPI, BD, NPL, Q, S, S2, EVEN_N, True, REV, ACCUMULATE)
+                                NPI, BD, NPL, Q, S, S2, EVEN_N, True, REV, ACCUMULATE, DELTA_IN_REGISTERS)
 
 
 @triton.jit
-def _direction_tile(u_ptr, dbl_ptr, wdt_ptr, acc_ptr, row, d_c, dts_row, toff, t0, L, R: tl.constexpr, carry,
+def _direction_tile(u_ptr, dbl_ptr, wdt_ptr, delta_ptr, acc_ptr, row, d_c, dts_row, toff, t0, L, R: tl.constexpr, carry,
                     A2, A2q, bias, Dv, dm, b_rows, c_rows, bc_nm, r_t, i_j, i_n, i_s, i_q4,
                     NPI: tl.constexpr, BD: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr,
                     S: tl.constexpr, S2: tl.constexpr, EVEN_N: tl.constexpr, MASKED: tl.constexpr,
-                    REV: tl.constexpr, ACCUMULATE: tl.constexpr):
+                    REV: tl.constexpr, ACCUMULATE: tl.constexpr, DELTA_IN_REGISTERS: tl.constexpr):
     tt = t0 + toff
-    u, pre, Bt = _direction_loads(u_ptr, dbl_ptr, wdt_ptr, row, d_c, dts_row, toff, t0, L, R,
-                                  b_rows, bc_nm, r_t, i_j, i_n, NPI, BD, NPL, Q, S, S2, EVEN_N, MASKED, REV)
+    u, pre, Bt = _direction_loads(u_ptr, dbl_ptr, wdt_ptr, delta_ptr, row, d_c, dts_row, toff, t0, L, R,
+                                  b_rows, bc_nm, r_t, i_j, i_n, NPI, BD, NPL, Q, S, S2, EVEN_N, MASKED, REV, DELTA_IN_REGISTERS)
     pre, dt, dtu, a, x, Pseg, start, carry, dsum = _tile_states(
         u, pre, Bt, tt, L, carry, A2, A2q, bias, i_j, i_s, i_q4, NPI, BD, NPL, Q, S, S2, True, True, MASKED)
     Ct = _load_bc(dbl_ptr, c_rows, bc_nm, r_t, t0, L, i_j, i_n, NPI, NPL, Q, S, S2, BD, MASKED, False, REV)
@@ -181,10 +201,10 @@ def _direction_tile(u_ptr, dbl_ptr, wdt_ptr, acc_ptr, row, d_c, dts_row, toff, t
 
 @triton.jit
 def _ss2d_direction_summary_kernel(
-    u_ptr, dbl_ptr, wdt_ptr, A_ptr, bias_ptr, hend_ptr, dts_ptr,
+    u_ptr, dbl_ptr, wdt_ptr, delta_ptr, A_ptr, bias_ptr, hend_ptr, dts_ptr,
     L, KD, N, bstride, n_chunks, chunk_tiles, R: tl.constexpr,
     NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr, S2: tl.constexpr,
-    BD: tl.constexpr, EVEN_N: tl.constexpr, REV: tl.constexpr,
+    BD: tl.constexpr, EVEN_N: tl.constexpr, REV: tl.constexpr, DELTA_IN_REGISTERS: tl.constexpr,
 ):
     """Chunk pass 1 of one direction (selective_scan's _fwd_chunk_summary_kernel with this op's
     loads): each chunk's end state from a zero start, and its sum of dt."""
@@ -199,15 +219,15 @@ def _ss2d_direction_summary_kernel(
     carry = tl.zeros([NPI, BD, NPL, 1], dtype=tl.float32)
     dsum = tl.zeros([1, BD, 1, 1], dtype=tl.float32)
     for tile in range(first, stop):
-        u, pre, Bt = _direction_loads(u_ptr, dbl_ptr, wdt_ptr, row, d_c, dts_row, toff, tile * T, L, R,
-                                      b_rows, bc_nm, r_t, i_j, i_n, NPI, BD, NPL, Q, S, S2, EVEN_N, False, REV)
+        u, pre, Bt = _direction_loads(u_ptr, dbl_ptr, wdt_ptr, delta_ptr, row, d_c, dts_row, toff, tile * T, L, R,
+                                      b_rows, bc_nm, r_t, i_j, i_n, NPI, BD, NPL, Q, S, S2, EVEN_N, False, REV, DELTA_IN_REGISTERS)
         pre, dt, dtu, a, x, Pseg, start, carry, ds = _tile_states(
             u, pre, Bt, tile * T + toff, L, carry, A2, A2q, bias, i_j, i_s, i_q4,
             NPI, BD, NPL, Q, S, S2, True, True, False)
         dsum += ds
     if c == n_chunks - 1 and n_full * T < L:
-        u, pre, Bt = _direction_loads(u_ptr, dbl_ptr, wdt_ptr, row, d_c, dts_row, toff, n_full * T, L, R,
-                                      b_rows, bc_nm, r_t, i_j, i_n, NPI, BD, NPL, Q, S, S2, EVEN_N, True, REV)
+        u, pre, Bt = _direction_loads(u_ptr, dbl_ptr, wdt_ptr, delta_ptr, row, d_c, dts_row, toff, n_full * T, L, R,
+                                      b_rows, bc_nm, r_t, i_j, i_n, NPI, BD, NPL, Q, S, S2, EVEN_N, True, REV, DELTA_IN_REGISTERS)
         pre, dt, dtu, a, x, Pseg, start, carry, ds = _tile_states(
             u, pre, Bt, n_full * T + toff, L, carry, A2, A2q, bias, i_j, i_s, i_q4,
             NPI, BD, NPL, Q, S, S2, True, True, True)
@@ -266,13 +286,16 @@ def _projections(u: torch.Tensor, x_proj_weight: torch.Tensor) -> tuple[torch.Te
 @torch.library.triton_op("mambaic::ss2d_core_fwd_triton", mutates_args=())
 def ss2d_core_fwd_triton(
     u: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor, dt_projs_bias: torch.Tensor,
-    A_logs: torch.Tensor, Ds: torch.Tensor, n_chunks: int,
+    A_logs: torch.Tensor, Ds: torch.Tensor, n_chunks: int, delta_in_registers: bool,
 ) -> torch.Tensor:
-    """(batch, dim, H, W) -> (batch, H, W, dim) in u's dtype, contiguous. L is cut into n_chunks chunks per direction (1: one pass; rounded so none is empty)."""
-    return _ss2d_core_fwd(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, n_chunks)
+    """(batch, dim, H, W) -> (batch, H, W, dim) in u's dtype, contiguous. L is cut into n_chunks
+    chunks per direction (1: one pass; rounded so none is empty). delta_in_registers: the scan
+    computes delta from the projection's R rows itself, instead of reading it from one
+    (batch, dim, L) matmul output per direction (see "Delta")."""
+    return _ss2d_core_fwd(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, n_chunks, delta_in_registers)
 
 
-def _ss2d_core_fwd(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, n_chunks):
+def _ss2d_core_fwd(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, n_chunks, delta_in_registers):
     # The launcher, apart from its registration so that a test can watch its allocations.
     batch, D, H, W = u.shape
     L = H * W
@@ -294,20 +317,25 @@ def _ss2d_core_fwd(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
     if n_chunks > 1:
         carries = u.new_empty((batch, D, n_chunks, N), dtype=torch.float32)
         dsums = u.new_empty((batch, D, n_chunks), dtype=torch.float32)
+    # one delta buffer, reused by the four directions (unread when delta_in_registers)
+    delta = acc[0] if delta_in_registers else u.new_empty((batch, D, L))
+    w_dt_u = dt_projs_weight.to(u.dtype)
     for k in range(4):
         seq = u if k % 2 == 0 else cols
         dbl = (dbl_rows if k % 2 == 0 else dbl_cols)[:, (k // 2) * C :]  # this direction's R + 2N rows
+        if not delta_in_registers:
+            torch.matmul(w_dt_u[k], dbl[:, :R], out=delta)  # positions in dbl's (unreversed) order
         common = dict(L=L, KD=D, N=N, R=R, bstride=2 * C * L, n_chunks=n_chunks, chunk_tiles=per_chunk,
-                      REV=k >= 2, num_warps=_FWD_TILES.warps, **cfg)  # fmt: skip
+                      REV=k >= 2, DELTA_IN_REGISTERS=delta_in_registers, num_warps=_FWD_TILES.warps, **cfg)  # fmt: skip
         if n_chunks > 1:
             torch.library.wrap_triton(_ss2d_direction_summary_kernel)[grid](
-                seq, dbl, w_dt[k], A[k], bias[k], carries, dsums,
+                seq, dbl, w_dt[k], delta, A[k], bias[k], carries, dsums,
                 **{n: v for n, v in common.items() if n != "EVEN_N"}, EVEN_N=cfg["EVEN_N"])
             _carry_chunks(carries, dsums, A[k], reverse=False)
         torch.library.wrap_triton(_ss2d_direction_fwd_kernel)[grid](
-            seq, dbl, w_dt[k], A[k], skip[k], bias[k], acc[k % 2], carries,
+            seq, dbl, w_dt[k], delta, A[k], skip[k], bias[k], acc[k % 2], carries,
             CHUNKED=n_chunks > 1, ACCUMULATE=k >= 2, **common)
-    del cols, dbl_rows, dbl_cols
+    del cols, dbl_rows, dbl_cols, delta
     out = u.new_empty((batch, H, W, D))
     grid = (triton.cdiv(H, 16) * triton.cdiv(W, 16), triton.cdiv(D, 32), batch)
     torch.library.wrap_triton(_merge_kernel)[grid](acc[0], acc[1], out, D, H, W, BD=32, BH=16, BW=16, num_warps=8)
@@ -330,7 +358,7 @@ def _backward(ctx, dout):
             y = direction_output(_scan.selective_scan, k, *leaves)
             torch.autograd.backward(y, dout.to(y.dtype))
             del y
-    return (*(leaf.grad if needs else None for leaf, needs in zip(leaves, ctx.needs_input_grad[:6])), None)
+    return (*(leaf.grad if needs else None for leaf, needs in zip(leaves, ctx.needs_input_grad[:6])), None, None)
 
 
 torch.library.register_autograd("mambaic::ss2d_core_fwd_triton", _backward, setup_context=_setup_context)
@@ -341,7 +369,7 @@ def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
     batch, D, H, W = u.shape
     n_chunks, _ = _chunking(batch, D, H * W, _FWD_TILES, u.device, _FWD_PROGRAMS_PER_SM)
     return torch.ops.mambaic.ss2d_core_fwd_triton(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
-                                                  n_chunks)  # fmt: skip
+                                                  n_chunks, _DELTA_IN_REGISTERS)  # fmt: skip
 
 
 def _supports(device: str, dtype: torch.dtype, d_state: int, **meta) -> str | None:

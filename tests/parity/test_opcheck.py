@@ -27,7 +27,7 @@ def _samples(dtype=torch.float32):
         # u (2, 6, 5, 7) and SS2D weights with R = 2, N = 4, cut into 2 chunks per direction
         "ss2d_core_fwd_triton": (g(2, 6, 5, 7), g(4, 10, 6) / 3, g(4, 6, 2) / 2,
                                  (torch.randn(4, 6, **f) - 2).requires_grad_(), (torch.rand(24, 4, **f)).requires_grad_(),
-                                 g(24), 2),  # fmt: skip
+                                 g(24), 2, True),  # fmt: skip
     }
 
 

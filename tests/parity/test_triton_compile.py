@@ -43,8 +43,8 @@ def launches():
 
     # the model's d_state and a dt rank of 16 (d_model 256)
     for chunked, rev in ((False, False), (True, True)):
-        yield sc._ss2d_direction_fwd_kernel, dict(fwd, R=16, CHUNKED=chunked, REV=rev, ACCUMULATE=rev), ts._FWD_TILES.warps
-    yield sc._ss2d_direction_summary_kernel, dict(fwd, R=16, REV=True), ts._FWD_TILES.warps
+        yield sc._ss2d_direction_fwd_kernel, dict(fwd, R=16, CHUNKED=chunked, REV=rev, ACCUMULATE=rev, DELTA_IN_REGISTERS=rev), ts._FWD_TILES.warps
+    yield sc._ss2d_direction_summary_kernel, dict(fwd, R=16, REV=True, DELTA_IN_REGISTERS=False), ts._FWD_TILES.warps
     yield sc._transpose_kernel, dict(BH=32, BW=32), 4
     yield sc._merge_kernel, dict(BD=32, BH=16, BW=16), 8
 
