@@ -1,31 +1,34 @@
 """`triton` backend of ss2d_core: one scan kernel per direction that reads u and the x_proj output by
-index, computes delta in registers and adds its output into one of two float32 accumulators.
+index and adds its output into one of two float32 accumulators.
 
 No tensor holds the four directions (no (batch, 4, dim, L) copy, delta or scan output):
 
-    cols      = u transposed (batch, dim, W, H): one copy (a tiled transpose kernel), the
-                column-major directions' sequence
-    dbl_rows  = x_proj_weight[0, 2] @ u     (batch, 2 (R + 2N), L), spatial row-major order
-    dbl_cols  = x_proj_weight[1, 3] @ cols  (batch, 2 (R + 2N), L), column-major order
-    direction k = 0, 1, 2, 3 (one launch each, in this order):
-        sequence  rows (k = 0, 2) or cols (k = 1, 3), step t at position t, or L - 1 - t for the
-                  reversed directions k = 2, 3: index arithmetic, no flipped copy
-        delta_t   = dt_projs_weight[k] @ (the R rows of dbl at t): one matmul into a buffer that
+    column-major pair first (k = 1, 3), then the row-major pair (k = 0, 2); per pair:
+        seq       cols = u transposed (batch, dim, W, H) by a tiled transpose kernel, or u itself
+        dbl       = x_proj_weight[k, k + 2] @ seq   (batch, 2 (R + 2N), L), in seq's order
+        acc       one float32 (batch, dim, L) accumulator
+        direction k, then k + 2 (one launch each):
+            step t reads seq and dbl at position t, or L - 1 - t for the reversed k + 2: index
+                  arithmetic, no flipped copy
+            delta_t = dt_projs_weight[k] @ (the R rows of dbl at t): one matmul into a buffer that
                   the four directions share, or in the scan's registers (see "Delta")
-        B_t, C_t  = the next 2N rows of dbl at t
-        acc_rows (k = 0, 2) or acc_cols (k = 1, 3)  (+)=  y_t at the step's position
+            B_t, C_t = the next 2N rows of dbl at t
+            acc (+)= y_t at the step's position
+        seq (if cols) and dbl are freed before the next pair starts
     out = acc_rows + acc_cols transposed back, by one tiled kernel: (batch, H, W, dim),
           channel-last and contiguous for out_norm, in u's dtype
 
-x_proj depends on the position only. It runs as two matmuls, one per accumulator's order, rather
-than one on u followed by a transposed read of the column-major directions' rows: same flops, and
+x_proj depends on the position only. It runs as two matmuls, one per pair's order, rather than
+one on u followed by a transposed read of the column-major directions' rows: same flops, and
 every load of the scan is then contiguous along the scan (a transposed read would touch one float
-per 32-byte sector).
+per 32-byte sector). Live (batch, dim, L) maps besides u: cols, its accumulator and delta, then
+the two accumulators and delta, then the two accumulators and the output.
 
 Traffic per call, in (batch, dim, L) maps of float32: the transpose reads u and writes cols (2),
 the x_proj matmuls read u and cols (2), the scans read their sequences (4), the accumulators are
 written by k = 0, 1 and read and written by k = 2, 3 (6), and the merge reads both and writes
-the output (3): 17, plus the projection rows, which each program shares among its channels.
+the output (3): 17, plus the projection rows, which each program shares among its channels, and
+with delta from the matmul (the default) 8 more (each direction writes and reads it): 25.
 The composition of the separate ops moves about 30 (xs written and read by the projection and
 the scan, delta written and read, the scan outputs written and read by the merge).
 
@@ -62,6 +65,7 @@ import triton
 import triton.language as tl
 
 from .. import _backend
+from .._backend import profiled_range
 from ..pytorch.ss2d_core import direction_output
 from . import selective_scan as _scan
 from .selective_scan import (
@@ -270,17 +274,13 @@ def _merge_kernel(rows_ptr, cols_ptr, out_ptr, D, H, W, BD: tl.constexpr, BH: tl
 # ----------------------------------------------------------------------------------------------
 
 
-def _projections(u: torch.Tensor, x_proj_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(cols, dbl_rows, dbl_cols): u's column-major copy and x_proj in each accumulator's order."""
+def _transposed(u: torch.Tensor) -> torch.Tensor:
+    """u's column-major copy (batch, dim, W * H): the sequence of directions 1 and 3."""
     batch, D, H, W = u.shape
     cols = u.new_empty((batch, D, H * W))
     tiles = triton.cdiv(H, 32) * triton.cdiv(W, 32)
     torch.library.wrap_triton(_transpose_kernel)[(tiles, batch * D)](u, cols, H, W, BH=32, BW=32, num_warps=4)
-    C = x_proj_weight.shape[1]
-    w = x_proj_weight.to(u.dtype)
-    dbl_rows = torch.matmul(w[0::2].reshape(2 * C, D), u.reshape(batch, D, H * W))  # directions 0, 2
-    dbl_cols = torch.matmul(w[1::2].reshape(2 * C, D), cols)  # directions 1, 3
-    return cols, dbl_rows, dbl_cols
+    return cols
 
 
 @torch.library.triton_op("mambaic::ss2d_core_fwd_triton", mutates_args=())
@@ -304,38 +304,45 @@ def _ss2d_core_fwd(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
     cfg = _tile_config(N, _FWD_TILES)
     if _tracing(u):
         return u.new_empty((batch, H, W, D))
-    # two float32 accumulators: rows (k = 0, 2) and cols (k = 1, 3)
-    acc = [u.new_empty((batch, D, L), dtype=torch.float32) for _ in range(2)]
-    cols, dbl_rows, dbl_cols = _projections(u, x_proj_weight)
     A = (-torch.exp(A_logs.float())).view(4, D, N)
     skip = Ds.float().view(4, D)
     bias = dt_projs_bias.float().contiguous()
     w_dt = dt_projs_weight.float().contiguous()
+    w_dt_u = dt_projs_weight.to(u.dtype)
+    w_x = x_proj_weight.to(u.dtype)
     n_chunks, per_chunk = _split(triton.cdiv(L, _tile_steps(_FWD_TILES)), n_chunks)
     grid = (triton.cdiv(D, cfg["BD"]), batch, n_chunks)
-    carries = acc[0]  # unread without chunks
+    carries = dsums = u  # unread without chunks
     if n_chunks > 1:
         carries = u.new_empty((batch, D, n_chunks, N), dtype=torch.float32)
         dsums = u.new_empty((batch, D, n_chunks), dtype=torch.float32)
     # one delta buffer, reused by the four directions (unread when delta_in_registers)
-    delta = acc[0] if delta_in_registers else u.new_empty((batch, D, L))
-    w_dt_u = dt_projs_weight.to(u.dtype)
-    for k in range(4):
-        seq = u if k % 2 == 0 else cols
-        dbl = (dbl_rows if k % 2 == 0 else dbl_cols)[:, (k // 2) * C :]  # this direction's R + 2N rows
-        if not delta_in_registers:
-            torch.matmul(w_dt_u[k], dbl[:, :R], out=delta)  # positions in dbl's (unreversed) order
-        common = dict(L=L, KD=D, N=N, R=R, bstride=2 * C * L, n_chunks=n_chunks, chunk_tiles=per_chunk,
-                      REV=k >= 2, DELTA_IN_REGISTERS=delta_in_registers, num_warps=_FWD_TILES.warps, **cfg)  # fmt: skip
-        if n_chunks > 1:
-            torch.library.wrap_triton(_ss2d_direction_summary_kernel)[grid](
-                seq, dbl, w_dt[k], delta, A[k], bias[k], carries, dsums,
-                **{n: v for n, v in common.items() if n != "EVEN_N"}, EVEN_N=cfg["EVEN_N"])
-            _carry_chunks(carries, dsums, A[k], reverse=False)
-        torch.library.wrap_triton(_ss2d_direction_fwd_kernel)[grid](
-            seq, dbl, w_dt[k], delta, A[k], skip[k], bias[k], acc[k % 2], carries,
-            CHUNKED=n_chunks > 1, ACCUMULATE=k >= 2, **common)
-    del cols, dbl_rows, dbl_cols, delta
+    delta = u if delta_in_registers else u.new_empty((batch, D, L))
+    # The column-major pair first, then the row-major pair: cols and its projection are freed
+    # before the rows' accumulator exists, so at most four (batch, dim, L) maps are live (u,
+    # cols or the second accumulator, the first accumulator, delta), never five.
+    acc = {}
+    for first in (1, 0):
+        seq = _transposed(u) if first == 1 else u.view(batch, D, L)
+        dbl = torch.matmul(w_x[first::2].reshape(2 * C, D), seq)  # (batch, 2 (R + 2N), L) in seq's order
+        acc[first] = u.new_empty((batch, D, L), dtype=torch.float32)
+        for k in (first, first + 2):
+            rows = dbl[:, (k // 2) * C :]  # this direction's R + 2N rows (batch stride 2 (R + 2N) L)
+            if not delta_in_registers:
+                torch.matmul(w_dt_u[k], rows[:, :R], out=delta)  # in seq's (unreversed) order
+            common = dict(L=L, KD=D, N=N, R=R, bstride=2 * C * L, n_chunks=n_chunks, chunk_tiles=per_chunk,
+                          REV=k >= 2, DELTA_IN_REGISTERS=delta_in_registers, num_warps=_FWD_TILES.warps, **cfg)  # fmt: skip
+            with profiled_range("selective_scan"):  # the scan passes, for bench/latency.py's breakdown
+                if n_chunks > 1:
+                    torch.library.wrap_triton(_ss2d_direction_summary_kernel)[grid](
+                        seq, rows, w_dt[k], delta, A[k], bias[k], carries, dsums,
+                        **{n: v for n, v in common.items() if n != "EVEN_N"}, EVEN_N=cfg["EVEN_N"])
+                    _carry_chunks(carries, dsums, A[k], reverse=False)
+                torch.library.wrap_triton(_ss2d_direction_fwd_kernel)[grid](
+                    seq, rows, w_dt[k], delta, A[k], skip[k], bias[k], acc[first], carries,
+                    CHUNKED=n_chunks > 1, ACCUMULATE=k >= 2, **common)
+        del seq, dbl, rows
+    del delta
     out = u.new_empty((batch, H, W, D))
     grid = (triton.cdiv(H, 16) * triton.cdiv(W, 16), triton.cdiv(D, 32), batch)
     torch.library.wrap_triton(_merge_kernel)[grid](acc[0], acc[1], out, D, H, W, BD=32, BH=16, BW=16, num_warps=8)
