@@ -1,9 +1,9 @@
 """MambaIC (CVPR 2025) on the mambaic_kernels operator layer: model, codec and command line."""
 
 # 0.2.0: .mic format version 2 (platform record, latent checksums); the SS2D core as one op (the
-# torch backend's arithmetic changed). 0.3.0: the triton backend's SS2D core is one fused scan
-# per direction (its arithmetic changed: a file encoded by 0.2.0 on triton decodes there, and
-# 0.3.0 refuses it, naming the version). The version is recorded in every .mic file.
+# torch backend's arithmetic changed). 0.3.0: the triton and cpu backends' SS2D cores are one
+# fused scan per direction (their arithmetic changed: a file encoded by 0.2.0 on them decodes
+# there, and 0.3.0 refuses it, naming the version). The version is recorded in every .mic file.
 __version__ = "0.3.0"
 
 import warnings  # noqa: E402

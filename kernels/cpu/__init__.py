@@ -45,19 +45,65 @@ _ext = _build()
 from .cross_scan import make_cross_ops  # noqa: E402
 from .selective_scan import make_selective_scan  # noqa: E402
 
-from ..reference.ss2d_core import compose  # noqa: E402
+from ..pytorch.ss2d_core import recomputed_grads  # noqa: E402
 
 selective_scan = make_selective_scan(_ext)
 cross_scan, cross_merge = make_cross_ops(_ext)
 
 
+def _ss2d_core_fused(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
+    """The forward, one C++ scan per direction into two float32 accumulators (the layout of the
+    triton backend's fused core, kernels/triton/ss2d_core.py): the column-major pair (k = 1, 3)
+    on u's transposed copy, then the row-major pair on u; the reversed directions read their
+    sequence backwards in place; delta from one matmul per direction into a shared buffer. At
+    most four (batch, dim, L) maps live, against the stacked composition's twelve."""
+    f = torch.float32
+    batch, D, H, W = u.shape
+    L = H * W
+    R, N = dt_projs_weight.shape[2], A_logs.shape[1]
+    C = R + 2 * N
+    A = (-torch.exp(A_logs.to(f))).view(4, D, N)
+    skip, bias = Ds.to(f).view(4, D), dt_projs_bias.to(f).contiguous()
+    w_x, w_dt = x_proj_weight.to(f), dt_projs_weight.to(f)
+    u = u.to(f)
+    delta = u.new_empty((batch, D, L))
+    acc = {}
+    for first in (1, 0):
+        seq = (u.transpose(2, 3) if first == 1 else u).reshape(batch, D, L).contiguous()
+        dbl = torch.matmul(w_x[first::2].reshape(2 * C, D), seq)  # (batch, 2 (R + 2N), L) in seq's order
+        acc[first] = u.new_empty((batch, D, L))
+        for k in (first, first + 2):
+            rows = dbl[:, (k // 2) * C : (k // 2 + 1) * C]
+            torch.matmul(w_dt[k], rows[:, :R], out=delta)
+            _ext.ss2d_direction_fwd(seq, delta, A[k].contiguous(), rows[:, R : R + N], rows[:, R + N :],
+                                    skip[k].contiguous(), bias[k].contiguous(), acc[first], k >= 2, k >= 2)  # fmt: skip
+        del seq, dbl
+    del delta
+    out = u.new_empty((batch, H, W, D))
+    # rows + cols transposed back, written channel-last (the layout out_norm reads)
+    torch.add(acc[0].view(batch, D, H, W).permute(0, 2, 3, 1), acc[1].view(batch, D, W, H).permute(0, 3, 2, 1),
+              out=out)  # fmt: skip
+    return out
+
+
+class _SS2DCore(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, *inputs):
+        ctx.save_for_backward(*inputs)
+        return _ss2d_core_fused(*inputs)
+
+    @staticmethod
+    def backward(ctx, dout):
+        return recomputed_grads(selective_scan, ctx.saved_tensors, ctx.needs_input_grad, dout)
+
+
 def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
-    # The stacked composition over the C++ kernels: one direction at a time (the torch backend's
-    # form) took 36% less memory but 10% more time at 768x512 on 2 cores (59.9 against 54.4 s,
-    # 2026-11-29, bench/RESULTS.md): its flips and transposes are extra passes that the single
-    # C++ cross-scan / cross-merge pass avoids. The CPU keeps the faster form.
-    return compose(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, cross_scan=cross_scan,
-                   selective_scan=selective_scan, cross_merge=cross_merge)  # fmt: skip
+    # Fused over the C++ scan (bench/RESULTS.md: faster and leaner than the stacked composition of
+    # the C++ cross-scan, scan and cross-merge that this backend ran before mambaic 0.3).
+    inputs = (u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return _SS2DCore.apply(*inputs).to(u.dtype)
+    return _ss2d_core_fused(*inputs).to(u.dtype)
 
 
 def _supports(device, dtype, **meta):

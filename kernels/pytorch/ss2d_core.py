@@ -66,6 +66,21 @@ def direction_output(selective_scan, k, u, x_proj_weight, dt_projs_weight, dt_pr
     return y.view(batch, D, H, W) if k % 2 == 0 else y.view(batch, D, W, H).transpose(2, 3)
 
 
+def recomputed_grads(selective_scan, inputs, needs_grad, dout):
+    """Gradients of ss2d_core's six inputs (None where not needed) for dout (batch, H, W, dim), one
+    direction at a time: recompute it (projections, sequence, delta, the scan and its states) with
+    autograd recording, backpropagate, free it. What a backend whose forward saves nothing (the
+    fused triton and cpu cores) runs as its backward; the live set is a few (batch, dim, L) maps."""
+    leaves = [t.detach().requires_grad_(needs) for t, needs in zip(inputs, needs_grad)]
+    dout = dout.permute(0, 3, 1, 2)  # (batch, dim, H, W), as direction_output returns
+    with torch.enable_grad():
+        for k in range(4):
+            y = direction_output(selective_scan, k, *leaves)
+            torch.autograd.backward(y, dout.to(y.dtype))
+            del y
+    return tuple(leaf.grad if needs else None for leaf, needs in zip(leaves, needs_grad))
+
+
 def make_ss2d_core(selective_scan):
     """ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds) over one backend's scan
     (called with the backend signature: u, delta, A, B, C, D, delta_bias, delta_softplus)."""

@@ -66,7 +66,7 @@ import triton.language as tl
 
 from .. import _backend
 from .._backend import profiled_range
-from ..pytorch.ss2d_core import direction_output
+from ..pytorch.ss2d_core import recomputed_grads
 from . import selective_scan as _scan
 from .selective_scan import (
     _FWD_PROGRAMS_PER_SM,
@@ -354,18 +354,8 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dout):
-    """One direction at a time: recompute it (projections, sequence, delta, the scan and its tile
-    states) with autograd recording, backpropagate dout through it, free it; gradients accumulate
-    in the leaves (float32 for the float32 weights)."""
-    inputs = ctx.saved_tensors
-    leaves = [t.detach().requires_grad_(needs) for t, needs in zip(inputs, ctx.needs_input_grad[:6])]
-    dout = dout.permute(0, 3, 1, 2)  # (batch, dim, H, W), as direction_output returns
-    with torch.enable_grad():
-        for k in range(4):
-            y = direction_output(_scan.selective_scan, k, *leaves)
-            torch.autograd.backward(y, dout.to(y.dtype))
-            del y
-    return (*(leaf.grad if needs else None for leaf, needs in zip(leaves, ctx.needs_input_grad[:6])), None, None)
+    # one direction at a time over this backend's scan (see "Backward")
+    return (*recomputed_grads(_scan.selective_scan, ctx.saved_tensors, ctx.needs_input_grad[:6], dout), None, None)
 
 
 torch.library.register_autograd("mambaic::ss2d_core_fwd_triton", _backward, setup_context=_setup_context)

@@ -41,8 +41,8 @@ _LEGACY_CORE = contextvars.ContextVar("mambaic_legacy_core", default=False)
 def legacy_core():
     """Run every SS2D core as mambaic 0.1 did (the public cross_scan, selective_scan and
     cross_merge ops, the four directions stacked): the arithmetic of version 1 .mic files, which
-    carry no checksums. The ss2d_core op gives the same bits on the cpu backend, not on torch
-    (one direction at a time since 0.2) nor on triton (one fused scan per direction since 0.3)."""
+    carry no checksums. The ss2d_core op does not give those bits: torch runs one direction at a
+    time since 0.2, triton and cpu one fused scan per direction since 0.3."""
     token = _LEGACY_CORE.set(True)
     try:
         yield

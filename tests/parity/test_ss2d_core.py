@@ -131,6 +131,30 @@ def test_triton_fused_chunked(case, dtype):
         assert_close(out, expected, "ss2d_core", dtype, "fwd", f"triton ss2d_core, {n_chunks} chunks, delta {where}, {case}")
 
 
+@pytest.mark.parametrize("case", [(2, 5, 17, 19, 16, 2), (1, 3, 29, 11, 4, 1)], ids=["N16-L323", "N4-L319"])
+def test_cpu_fused_across_chunks(case):
+    """The cpu backend's fused core on sequences longer than its C++ chunk of 256 steps (the
+    reversed directions cross chunk boundaries backwards), forward and gradients."""
+    if DEVICE != "cpu":
+        pytest.skip("cpu backend: takes CPU tensors; this run's tensors are on cuda")
+    if _backend._load("cpu") is not None:
+        pytest.skip(f"cpu backend unavailable: {_backend._load('cpu')}")
+    u64, w64 = make_inputs(*case)
+    u = leaf(u64, torch.float32)
+    w = {name: leaf(t, torch.float32) for name, t in w64.items()}
+    with mk.use_backend("cpu"):
+        out = mk.ss2d_core(u, **w)
+    ref_u = leaf(u.detach(), torch.float64)
+    ref_w = {name: leaf(t.detach(), torch.float64) for name, t in w.items()}
+    expected = reference.ss2d_core(ref_u, **ref_w)
+    assert_close(out, expected, "ss2d_core", torch.float32, "fwd", f"cpu ss2d_core {case}")
+    dout = torch.randn_like(expected)
+    got = grads(out, [u, *w.values()], dout.float())
+    want = grads(expected, [ref_u, *ref_w.values()], dout)
+    for name, a, b in zip(("du", *(f"d{n}" for n in WEIGHTS)), got, want):
+        assert_close(a, b, "ss2d_core", torch.float32, "bwd", f"cpu ss2d_core {case} {name}")
+
+
 def test_triton_fused_keeps_no_four_direction_tensor(monkeypatch):
     """The fused forward allocates nothing with 4 x dim x L elements (the stacked directions)."""
     if not INTERPRETED:
