@@ -55,7 +55,7 @@ inside a thread, which is what makes the per-segment recurrences plain sequentia
 code (checked on the sm_90 SASS with Triton 3.6 and 3.8: ~12 instructions per
 (channel, state, step) in the forward loop, no spills). B and C are loaded as S2 * NPI pieces
 with a single flattened lane axis so that this layout does not depend on how a Triton version
-breaks ties between axes when it coalesces a load (see _bc_rows). Per-(channel, step) values (u,
+breaks ties between axes when it coalesces a load (see _lane_rows). Per-(channel, step) values (u,
 delta, softplus, y) are computed in the smaller ``[S2, 1, BD, 1, Q, S]`` tiles, whose layout
 the compiler picks for coalescing, and moved to the compute layout through shared memory.
 
@@ -242,25 +242,34 @@ def _index_setup(pid_d, b, L, KD, G, N, K,
 def _bc_rows(pid_d, b, KD, G, N, K, L,
              NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr,
              S2: tl.constexpr, BD: tl.constexpr):
-    # Row offsets for loading B / C as NPI * S2 separate [R, S] pieces, R = BD * NPL * Q lanes
-    # flattened into one axis. Why not one 6-D load: the coalescing pass orders the non-contiguous
-    # axes of a load by a tie-break that differs between Triton versions (3.6 gives lanes to the
-    # in-thread axes S2 / NPI, 3.8 to Q / NPL / BD). With a single non-contiguous axis there is no
-    # tie, so both versions give 16-byte vectors along S and lanes along R; the reshape to
+    # Row offsets for loading B / C (batch, K, N, L) as NPI * S2 separate [R, S] pieces, R = BD * NPL * Q
+    # lanes flattened into one axis: see _lane_rows.
+    R: tl.constexpr = BD * NPL * Q
+    r_d = tl.arange(0, R)[:, None] // (Q * NPL)
+    grp = tl.minimum(pid_d * BD + r_d, KD - 1) // G
+    return _lane_rows(((b * K + grp) * N).to(tl.int64) * L, N, L, NPI, NPL, Q, S, S2, BD)
+
+
+@triton.jit
+def _lane_rows(base, N, L, NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr,
+               S2: tl.constexpr, BD: tl.constexpr):
+    # Offsets of the N rows base + n * L (rows of L steps; base: scalar or per lane [R, 1]) as the
+    # NPI pieces _load_bc takes, their state masks and the step offsets [R, S] of each lane.
+    # Why pieces and not one 6-D load: the coalescing pass orders the non-contiguous axes of a
+    # load by a tie-break that differs between Triton versions (3.6 gives lanes to the in-thread
+    # axes S2 / NPI, 3.8 to Q / NPL / BD). With a single non-contiguous axis there is no tie, so
+    # both versions give 16-byte vectors along S and lanes along R; the reshape to
     # [1, 1, BD, NPL, Q, S] and the insertion into the 6-D tile then keep S2 and NPI in-thread.
     SEG: tl.constexpr = S * S2
     R: tl.constexpr = BD * NPL * Q
     r = tl.arange(0, R)[:, None]
-    r_q = r % Q
     r_l = (r // Q) % NPL
-    r_d = r // (Q * NPL)
-    grp = tl.minimum(pid_d * BD + r_d, KD - 1) // G
-    r_t = r_q * SEG + tl.arange(0, S)[None, :]                    # [R, S] step offsets in the tile
+    r_t = (r % Q) * SEG + tl.arange(0, S)[None, :]                # [R, S] step offsets in the tile
     rows = ()
     nmasks = ()
     for i in tl.static_range(NPI):
         n = r_l * NPI + i
-        rows = rows + (((b * K + grp) * N + tl.minimum(n, N - 1)).to(tl.int64) * L,)
+        rows = rows + (base + tl.minimum(n, N - 1).to(tl.int64) * L,)
         nmasks = nmasks + (n < N,)
     return rows, nmasks, r_t
 
@@ -495,6 +504,16 @@ def _selective_scan_fwd_kernel(
 
 
 @triton.jit
+def _summary_span(c, chunk_tiles, L, T: tl.constexpr, NPI: tl.constexpr, BD: tl.constexpr, NPL: tl.constexpr):
+    # A chunk-summary program's whole tiles [first, stop) of chunk c, and its zero start state and dt sum.
+    n_full = L // T
+    first = c * chunk_tiles
+    stop = tl.minimum(first + chunk_tiles, n_full)
+    return (n_full, first, stop, tl.zeros([NPI, BD, NPL, 1], dtype=tl.float32),
+            tl.zeros([1, BD, 1, 1], dtype=tl.float32))
+
+
+@triton.jit
 def _fwd_chunk_summary_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, hend_ptr, dts_ptr,
     L, KD, G, N, K, n_chunks, chunk_tiles,
@@ -509,11 +528,7 @@ def _fwd_chunk_summary_kernel(
     (pid_d, b, i_j, i_n, i_s, i_q4, dm, nm, row, brow, toff, A2, A2q, bias, no_D,
      bc_rows, bc_nm, r_t, ch4, n4, row_mask, ch_mask) = _program_setup(
         A_ptr, A_ptr, bias_ptr, L, KD, G, N, K, NPI, NPL, Q, S, S2, BD, False, HAS_BIAS)
-    n_full = L // T
-    first = c * chunk_tiles
-    stop = tl.minimum(first + chunk_tiles, n_full)
-    carry = tl.zeros([NPI, BD, NPL, 1], dtype=tl.float32)
-    dsum = tl.zeros([1, BD, 1, 1], dtype=tl.float32)
+    n_full, first, stop, carry, dsum = _summary_span(c, chunk_tiles, L, T, NPI, BD, NPL)
     for tile in range(first, stop):
         u, pre, dt, dtu, Bt, a, x, Pseg, start, carry, ds = _fwd_tile_states(
             u_ptr, dt_ptr, B_ptr, row, toff, tile * T, L, carry, A2, A2q, bias, i_j, i_n, i_s, i_q4,

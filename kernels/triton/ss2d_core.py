@@ -73,10 +73,12 @@ from .selective_scan import (
     _FWD_TILES,
     _carry_chunks,
     _chunking,
+    _lane_rows,
     _load_bc,
     _load_tile,
     _program_setup,
     _split,
+    _summary_span,
     _table,
     _tile_config,
     _tile_output,
@@ -88,27 +90,6 @@ from .selective_scan import (
 
 # Delta from a cuBLAS matmul per direction (False) or computed by the scan (True): see "Delta".
 _DELTA_IN_REGISTERS = False
-
-
-@triton.jit
-def _dbl_rows(pid_d, b, bstride, row0, KD, N, L,
-              NPI: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr, S: tl.constexpr,
-              S2: tl.constexpr, BD: tl.constexpr):
-    # Row offsets of the N rows row0 ... row0 + N - 1 of image b's projection (batch stride
-    # bstride), in the piecewise form _load_bc takes (see selective_scan._bc_rows).
-    SEG: tl.constexpr = S * S2
-    R: tl.constexpr = BD * NPL * Q
-    r = tl.arange(0, R)[:, None]
-    r_l = (r // Q) % NPL
-    r_t = (r % Q) * SEG + tl.arange(0, S)[None, :]
-    base = b.to(tl.int64) * bstride
-    rows = ()
-    nmasks = ()
-    for i in tl.static_range(NPI):
-        n = r_l * NPI + i
-        rows = rows + (base + (row0 + tl.minimum(n, N - 1)).to(tl.int64) * L,)
-        nmasks = nmasks + (n < N,)
-    return rows, nmasks, r_t
 
 
 @triton.jit
@@ -148,9 +129,9 @@ def _direction_setup(A_ptr, D_ptr, bias_ptr, L, KD, N, R: tl.constexpr, bstride,
      _, _, _, ch4, n4, row_mask, ch_mask) = _program_setup(
         A_ptr, D_ptr, bias_ptr, L, KD, KD, N, 1, NPI, NPL, Q, S, S2, BD, HAS_D, True)
     d_c = tl.minimum(pid_d * BD + tl.arange(0, BD)[None, None, :, None, None, None], KD - 1)
-    b_rows, bc_nm, r_t = _dbl_rows(pid_d, b, bstride, R, KD, N, L, NPI, NPL, Q, S, S2, BD)
-    c_rows, _, _ = _dbl_rows(pid_d, b, bstride, R + N, KD, N, L, NPI, NPL, Q, S, S2, BD)
     dts_row = b.to(tl.int64) * bstride
+    b_rows, bc_nm, r_t = _lane_rows(dts_row + R * L, N, L, NPI, NPL, Q, S, S2, BD)
+    c_rows, _, _ = _lane_rows(dts_row + (R + N) * L, N, L, NPI, NPL, Q, S, S2, BD)
     return (pid_d, b, i_j, i_n, i_s, i_q4, dm, row, toff, A2, A2q, bias, Dv, d_c, dts_row,
             b_rows, c_rows, bc_nm, r_t, ch4, n4, row_mask, ch_mask)
 
@@ -204,6 +185,21 @@ def _direction_tile(u_ptr, dbl_ptr, wdt_ptr, delta_ptr, acc_ptr, row, d_c, dts_r
 
 
 @triton.jit
+def _summary_tile(u_ptr, dbl_ptr, wdt_ptr, delta_ptr, row, d_c, dts_row, toff, t0, L, R: tl.constexpr, carry,
+                  A2, A2q, bias, b_rows, bc_nm, r_t, i_j, i_n, i_s, i_q4,
+                  NPI: tl.constexpr, BD: tl.constexpr, NPL: tl.constexpr, Q: tl.constexpr,
+                  S: tl.constexpr, S2: tl.constexpr, EVEN_N: tl.constexpr, MASKED: tl.constexpr,
+                  REV: tl.constexpr, DELTA_IN_REGISTERS: tl.constexpr):
+    # The state leaving one tile and the tile's sum of dt (the summary pass needs no C, no y).
+    u, pre, Bt = _direction_loads(u_ptr, dbl_ptr, wdt_ptr, delta_ptr, row, d_c, dts_row, toff, t0, L, R,
+                                  b_rows, bc_nm, r_t, i_j, i_n, NPI, BD, NPL, Q, S, S2, EVEN_N, MASKED, REV,
+                                  DELTA_IN_REGISTERS)
+    pre, dt, dtu, a, x, Pseg, start, carry, ds = _tile_states(
+        u, pre, Bt, t0 + toff, L, carry, A2, A2q, bias, i_j, i_s, i_q4, NPI, BD, NPL, Q, S, S2, True, True, MASKED)
+    return carry, ds
+
+
+@triton.jit
 def _ss2d_direction_summary_kernel(
     u_ptr, dbl_ptr, wdt_ptr, delta_ptr, A_ptr, bias_ptr, hend_ptr, dts_ptr,
     L, KD, N, bstride, n_chunks, chunk_tiles, R: tl.constexpr,
@@ -217,24 +213,16 @@ def _ss2d_direction_summary_kernel(
     (pid_d, b, i_j, i_n, i_s, i_q4, dm, row, toff, A2, A2q, bias, Dv, d_c, dts_row,
      b_rows, c_rows, bc_nm, r_t, ch4, n4, row_mask, ch_mask) = _direction_setup(
         A_ptr, A_ptr, bias_ptr, L, KD, N, R, bstride, NPI, NPL, Q, S, S2, BD, False)
-    n_full = L // T
-    first = c * chunk_tiles
-    stop = tl.minimum(first + chunk_tiles, n_full)
-    carry = tl.zeros([NPI, BD, NPL, 1], dtype=tl.float32)
-    dsum = tl.zeros([1, BD, 1, 1], dtype=tl.float32)
+    n_full, first, stop, carry, dsum = _summary_span(c, chunk_tiles, L, T, NPI, BD, NPL)
     for tile in range(first, stop):
-        u, pre, Bt = _direction_loads(u_ptr, dbl_ptr, wdt_ptr, delta_ptr, row, d_c, dts_row, toff, tile * T, L, R,
-                                      b_rows, bc_nm, r_t, i_j, i_n, NPI, BD, NPL, Q, S, S2, EVEN_N, False, REV, DELTA_IN_REGISTERS)
-        pre, dt, dtu, a, x, Pseg, start, carry, ds = _tile_states(
-            u, pre, Bt, tile * T + toff, L, carry, A2, A2q, bias, i_j, i_s, i_q4,
-            NPI, BD, NPL, Q, S, S2, True, True, False)
+        carry, ds = _summary_tile(u_ptr, dbl_ptr, wdt_ptr, delta_ptr, row, d_c, dts_row, toff, tile * T, L, R, carry,
+                                  A2, A2q, bias, b_rows, bc_nm, r_t, i_j, i_n, i_s, i_q4,
+                                  NPI, BD, NPL, Q, S, S2, EVEN_N, False, REV, DELTA_IN_REGISTERS)
         dsum += ds
     if c == n_chunks - 1 and n_full * T < L:
-        u, pre, Bt = _direction_loads(u_ptr, dbl_ptr, wdt_ptr, delta_ptr, row, d_c, dts_row, toff, n_full * T, L, R,
-                                      b_rows, bc_nm, r_t, i_j, i_n, NPI, BD, NPL, Q, S, S2, EVEN_N, True, REV, DELTA_IN_REGISTERS)
-        pre, dt, dtu, a, x, Pseg, start, carry, ds = _tile_states(
-            u, pre, Bt, n_full * T + toff, L, carry, A2, A2q, bias, i_j, i_s, i_q4,
-            NPI, BD, NPL, Q, S, S2, True, True, True)
+        carry, ds = _summary_tile(u_ptr, dbl_ptr, wdt_ptr, delta_ptr, row, d_c, dts_row, toff, n_full * T, L, R, carry,
+                                  A2, A2q, bias, b_rows, bc_nm, r_t, i_j, i_n, i_s, i_q4,
+                                  NPI, BD, NPL, Q, S, S2, EVEN_N, True, REV, DELTA_IN_REGISTERS)
         dsum += ds
     tl.store(_table(hend_ptr, ch4, n4, n_chunks, c, N), carry, mask=row_mask)
     tl.store(dts_ptr + ch4 * n_chunks + c, dsum, mask=ch_mask)
