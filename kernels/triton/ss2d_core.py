@@ -324,7 +324,7 @@ def _ss2d_core_fwd(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
                 if n_chunks > 1:
                     torch.library.wrap_triton(_ss2d_direction_summary_kernel)[grid](
                         seq, rows, w_dt[k], delta, A[k], bias[k], carries, dsums,
-                        **{n: v for n, v in common.items() if n != "EVEN_N"}, EVEN_N=cfg["EVEN_N"])
+                        **common)
                     _carry_chunks(carries, dsums, A[k], reverse=False)
                 torch.library.wrap_triton(_ss2d_direction_fwd_kernel)[grid](
                     seq, rows, w_dt[k], delta, A[k], skip[k], bias[k], acc[first], carries,
