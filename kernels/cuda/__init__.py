@@ -1,15 +1,46 @@
-"""The `cuda` backend: fused CUDA C++ kernels from the compiled extension ``mambaic_kernels._cuda``."""
+"""The `cuda` backend: CUDA C++ kernels (kernels/cuda/csrc) for the selective scan and the fused SS2D core.
+
+The extension is the one ``MAMBAIC_BUILD_CUDA=1 pip install -e .`` builds (``mambaic_kernels._cuda``)
+or, without it, compiled with nvcc the first time the backend loads on a machine with a GPU
+(about a minute; cached by PyTorch in ``$TORCH_EXTENSIONS_DIR``). The other ops have no CUDA
+kernels yet: ``auto`` takes them from the next backend, and an explicit ``cuda`` request for them
+is an error that says so.
+
+Forward only for now: the backward of both ops recomputes with the triton kernels.
+"""
+
+from __future__ import annotations
 
 from pathlib import Path
 
-if not any((Path(__file__).parent / "csrc").rglob("*.cu")):
-    raise ImportError("the CUDA C++ kernels are not written yet (kernels/cuda/csrc holds no sources); "
-                      "use the triton backend on GPUs")
+import torch
 
-try:
-    from .. import _cuda  # noqa: F401
-except ImportError as exc:
-    raise ImportError(
-        f"the CUDA extension mambaic_kernels._cuda is not built ({exc}); build it on a machine with nvcc "
-        f"with `MAMBAIC_BUILD_CUDA=1 pip install -e .`"
-    ) from exc
+CSRC = Path(__file__).parent / "csrc"
+
+
+def _build():
+    if not torch.cuda.is_available():
+        raise ImportError("the cuda backend needs a CUDA GPU, and torch sees none")
+    try:
+        from .. import _cuda  # built by setup.py with MAMBAIC_BUILD_CUDA=1
+
+        return _cuda
+    except ImportError:
+        pass
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    sources = sorted(str(p) for p in CSRC.glob("*.cpp")) + sorted(str(p) for p in CSRC.glob("*.cu"))
+    try:
+        return cpp_extension.load(name="mambaic_cuda_kernels", sources=sources, extra_cflags=["-O3"],
+                                  extra_cuda_cflags=["-O3", "-lineinfo"], verbose=False)  # fmt: skip
+    except Exception as exc:  # the compiler's message is the reason users see
+        first = next((line for line in str(exc).splitlines() if "error" in line.lower()), str(exc).splitlines()[0])
+        raise ImportError(f"the CUDA kernels failed to compile: {first}") from exc
+
+
+_ext = _build()
+
+from . import selective_scan, ss2d_core  # noqa: E402,F401  (each registers its op with _backend)

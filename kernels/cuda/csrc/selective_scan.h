@@ -1,0 +1,44 @@
+// Parameters of the forward selective scan kernel (selective_scan_fwd.cu), shared with the torch
+// bindings (bindings.cpp). Plain C++ so that the .cu compiles without torch's headers.
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime.h>
+
+namespace mambaic {
+
+// One scan direction: the channels of one launch read these pointers. The public op has one
+// direction; the fused SS2D core launches a pair (k and k + 2: the same sequence, walked forwards
+// and backwards) into one accumulator.
+struct ScanDirection {
+  const float* u;           // (batch, channels, L) with the strides below
+  const float* delta;       // same layout as u
+  const float* A;           // (channels, states)
+  const float* B;           // (batch, groups, states, L)
+  const float* C;           // same layout as B
+  const float* D;           // (channels,) or null
+  const float* delta_bias;  // (channels,) or null
+  bool reverse;             // walk L from its end (the output stays in sequence order)
+};
+
+struct ScanFwdParams {
+  ScanDirection dir[2];
+  int directions;  // 1 or 2: blocks [0, channels / warps) run dir[0], the next as many dir[1]
+  int batch, channels, groups, states, length;
+  // strides in elements; the step stride is 1 for every tensor
+  int64_t u_batch, u_channel, bc_batch, bc_group, bc_state, y_batch, y_channel;
+  float* y;         // (batch, channels, L)
+  bool softplus;    // dt = softplus(delta + bias)
+  bool accumulate;  // y += with atomics (exactly two directions per element: bit-reproducible)
+};
+
+// Why a launch is refused (an empty string when it is fine), then the launch on `stream`.
+const char* selective_scan_fwd_unsupported(const ScanFwdParams& p);
+void selective_scan_fwd_launch(const ScanFwdParams& p, cudaStream_t stream);
+
+// out[b][j][i] = in[b][i][j] (+ out[b][j][i] when accumulate) for `batch` row-major (rows, cols)
+// matrices: the transposes of the fused SS2D core (column-major directions, channel-last output).
+void transpose_launch(const float* in, float* out, int64_t batch, int64_t rows, int64_t cols, bool accumulate,
+                      cudaStream_t stream);
+
+}  // namespace mambaic

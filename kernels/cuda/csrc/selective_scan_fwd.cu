@@ -1,0 +1,262 @@
+// Forward selective scan (Mamba S6, VMamba's grouping of B and C), CUDA.
+//
+// Work layout. A block of W warps owns W channels of one group (they share B and C) and walks L
+// in tiles of 512 steps. In a tile, lane l of every warp owns the 16 consecutive steps
+// [16 l, 16 l + 16) of its warp's channel; the block stages the tile's B and C rows (16 states)
+// in shared memory once for its W channels. For each state n, in turn:
+//   pass 1   a_t = exp2(dt_t A[n] log2 e), x_t = dt_t u_t B[n, t], and the lane's end state from
+//            zero, h = a h + x over its 16 steps (a and x stay in registers);
+//   combine  an inclusive warp scan (shuffles) of the lanes' affine maps h -> P h + h_end, with
+//            P = exp2(A[n] log2 e * sum dt) the lane's decay; applied to the state entering the
+//            tile it gives each lane its true start and the state leaving the tile;
+//   pass 2   the exact states again from that start, y_t += C[n, t] h_t.
+// Every exp2 is computed once (plus one per lane and state for P). The combine order depends
+// only on the tile shape, so the forward gives the same bits on every run.
+//
+// Costs per (channel, state, step), the unit of the exp floor: 1 MUFU ex2, 6 FP32 instructions
+// (two multiplies, three FMAs and the shuffled combine's share, ~2 at 16 steps per lane) and one
+// 16-byte shared load per 4 steps of B and of C. Shared-memory rows are padded by one 16-byte
+// chunk per eight so that the 8 lanes of a quarter warp reading chunk j of their segments (a
+// stride of 4 chunks) hit 8 different bank groups.
+//
+// Reversed directions (the fused SS2D core's k = 2, 3) walk the tiles from the last and, inside a
+// tile, give lane l the segment 31 - l and run its steps backwards: loads and stores stay at the
+// same aligned addresses as forwards. Steps past L have dt = 0 and B = C = 0: identity maps.
+
+#include "selective_scan.h"
+
+namespace mambaic {
+namespace {
+
+constexpr int kLanes = 32;
+constexpr int kSteps = 16;                 // consecutive steps per lane
+constexpr int kTile = kLanes * kSteps;     // steps per tile
+constexpr int kStates = 16;                // N is padded up to this
+constexpr int kChunks = kTile / 4;         // 16-byte chunks per row of the B / C tile
+constexpr int kRow = kChunks + kChunks / 8;  // padded row, in chunks
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr unsigned kFull = 0xffffffffu;
+
+__device__ __forceinline__ int padded(int chunk) { return chunk + (chunk >> 3); }
+
+__device__ __forceinline__ float ex2(float x) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+}
+
+// softplus with torch's threshold of 20
+__device__ __forceinline__ float softplus(float v) { return v <= 20.f ? log1pf(__expf(v)) : v; }
+
+// Four consecutive values of a row from step t (zeros past L, or everywhere when !valid).
+template <bool kVec>
+__device__ __forceinline__ float4 load4(const float* row, int t, int L, bool valid) {
+  if (kVec) {
+    if (valid && t < L) return __ldg(reinterpret_cast<const float4*>(row + t));  // L % 4 == 0
+    return make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  float v[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) v[i] = (valid && t + i < L) ? __ldg(row + t + i) : 0.f;
+  return make_float4(v[0], v[1], v[2], v[3]);
+}
+
+template <bool kVec>
+__device__ __forceinline__ void load_steps(const float* row, int t, int L, float (&v)[kSteps]) {
+#pragma unroll
+  for (int j = 0; j < kSteps / 4; ++j) {
+    const float4 q = load4<kVec>(row, t + 4 * j, L, true);
+    v[4 * j] = q.x, v[4 * j + 1] = q.y, v[4 * j + 2] = q.z, v[4 * j + 3] = q.w;
+  }
+}
+
+template <bool kVec>
+__device__ __forceinline__ void store_steps(float* row, int t, int L, const float (&v)[kSteps], bool accumulate) {
+#pragma unroll
+  for (int j = 0; j < kSteps / 4; ++j) {
+    const int s = t + 4 * j;
+    if (kVec) {
+      if (s >= L) continue;
+      const float4 q = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+      if (accumulate) atomicAdd(reinterpret_cast<float4*>(row + s), q);
+      else *reinterpret_cast<float4*>(row + s) = q;
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        if (s + i >= L) break;
+        if (accumulate) atomicAdd(row + s + i, v[4 * j + i]);
+        else row[s + i] = v[4 * j + i];
+      }
+    }
+  }
+}
+
+// The 16 values of row n of a staged tile at the lane's segment.
+__device__ __forceinline__ void read_segment(const float4* tile, int n, int seg, float (&v)[kSteps]) {
+#pragma unroll
+  for (int j = 0; j < kSteps / 4; ++j) {
+    const float4 q = tile[n * kRow + padded(seg * (kSteps / 4) + j)];
+    v[4 * j] = q.x, v[4 * j + 1] = q.y, v[4 * j + 2] = q.z, v[4 * j + 3] = q.w;
+  }
+}
+
+template <int kWarps, bool kVec, bool kReverse>
+__device__ __forceinline__ void scan_channel(const ScanFwdParams& p, const ScanDirection& q, int channel, int lane,
+                                             float4* Bs, float4* Cs, float* As) {
+  const int L = p.length, b = blockIdx.z;
+  const int group = channel / (p.channels / p.groups);
+  const float* u = q.u + b * p.u_batch + channel * p.u_channel;
+  const float* delta = q.delta + b * p.u_batch + channel * p.u_channel;
+  const float* B = q.B + b * p.bc_batch + group * p.bc_group;
+  const float* C = q.C + b * p.bc_batch + group * p.bc_group;
+  float* y = p.y + b * p.y_batch + channel * p.y_channel;
+
+  // A (times log2 e) in shared memory, not registers: read once per state and tile, by the whole warp
+  float* A2 = As + (threadIdx.x / kLanes) * kStates;
+  if (lane < kStates) A2[lane] = lane < p.states ? q.A[channel * p.states + lane] * kLog2e : 0.f;
+  __syncwarp();
+  float carry[kStates];
+#pragma unroll
+  for (int n = 0; n < kStates; ++n) carry[n] = 0.f;
+  const float skip = q.D ? q.D[channel] : 0.f;
+  const float bias = q.delta_bias ? q.delta_bias[channel] : 0.f;
+  const int seg = kReverse ? kLanes - 1 - lane : lane;
+  const int tiles = (L + kTile - 1) / kTile;
+
+  for (int it = 0; it < tiles; ++it) {
+    const int t0 = (kReverse ? tiles - 1 - it : it) * kTile;
+    const int ts = t0 + seg * kSteps;  // the lane's first step (in memory order)
+    float dtu[kSteps], dt[kSteps], out[kSteps];
+    load_steps<kVec>(u, ts, L, dtu);
+    load_steps<kVec>(delta, ts, L, dt);
+
+    __syncthreads();  // every warp is done with the previous tile's B and C
+    for (int i = threadIdx.x; i < kStates * kChunks; i += kWarps * kLanes) {
+      const int n = i / kChunks, chunk = i % kChunks;
+      Bs[n * kRow + padded(chunk)] = load4<kVec>(B + n * p.bc_state, t0 + 4 * chunk, L, n < p.states);
+      Cs[n * kRow + padded(chunk)] = load4<kVec>(C + n * p.bc_state, t0 + 4 * chunk, L, n < p.states);
+    }
+
+    float dtsum = 0.f;
+#pragma unroll
+    for (int i = 0; i < kSteps; ++i) {
+      float v = dt[i] + bias;
+      if (p.softplus) v = softplus(v);
+      v = ts + i < L ? v : 0.f;
+      dt[i] = v;
+      out[i] = skip * dtu[i];
+      dtu[i] *= v;
+      dtsum += v;
+    }
+    __syncthreads();  // the tile's B and C are staged
+
+#pragma unroll
+    for (int n = 0; n < kStates; ++n) {
+      if (n >= p.states) break;
+      float a[kSteps], x[kSteps], bc[kSteps];
+      read_segment(Bs, n, seg, bc);
+      const float A2n = A2[n];
+      float h = 0.f;
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s) {
+        const int i = kReverse ? kSteps - 1 - s : s;
+        a[i] = ex2(dt[i] * A2n);
+        x[i] = dtu[i] * bc[i];
+        h = fmaf(a[i], h, x[i]);
+      }
+      // inclusive scan of the lanes' maps (P, e): h -> P h + e, lane order = time order
+      float P = ex2(dtsum * A2n), e = h;
+#pragma unroll
+      for (int o = 1; o < kLanes; o <<= 1) {
+        const float Pp = __shfl_up_sync(kFull, P, o), ep = __shfl_up_sync(kFull, e, o);
+        if (lane >= o) e = fmaf(P, ep, e), P *= Pp;
+      }
+      const float end = fmaf(P, carry[n], e);  // the state after this lane's segment
+      float start = __shfl_up_sync(kFull, end, 1);
+      if (lane == 0) start = carry[n];
+      carry[n] = __shfl_sync(kFull, end, kLanes - 1);
+
+      read_segment(Cs, n, seg, bc);
+      h = start;
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s) {
+        const int i = kReverse ? kSteps - 1 - s : s;
+        h = fmaf(a[i], h, x[i]);
+        out[i] = fmaf(bc[i], h, out[i]);
+      }
+    }
+    store_steps<kVec>(y, ts, L, out, p.accumulate);
+  }
+}
+
+template <int kWarps, bool kVec>
+__global__ void __launch_bounds__(kWarps * kLanes, 2) selective_scan_fwd_kernel(const ScanFwdParams p) {
+  extern __shared__ float4 smem[];
+  float4* Bs = smem;                   // [kStates][kRow]
+  float4* Cs = smem + kStates * kRow;  // [kStates][kRow]
+  float* As = reinterpret_cast<float*>(smem + 2 * kStates * kRow);  // [kWarps][kStates]
+  const int blocks_per_direction = p.channels / kWarps;
+  const int d = blockIdx.x / blocks_per_direction;
+  const int channel = (blockIdx.x % blocks_per_direction) * kWarps + threadIdx.x / kLanes;
+  const ScanDirection q = d == 0 ? p.dir[0] : p.dir[1];
+  if (q.reverse) scan_channel<kWarps, kVec, true>(p, q, channel, threadIdx.x % kLanes, Bs, Cs, As);
+  else scan_channel<kWarps, kVec, false>(p, q, channel, threadIdx.x % kLanes, Bs, Cs, As);
+}
+
+template <int kWarps>
+constexpr size_t kSmemBytes = 2 * kStates * kRow * sizeof(float4) + kWarps * kStates * sizeof(float);
+
+// Widest block whose channels share one group (W | channels per group).
+int warps_for(const ScanFwdParams& p) {
+  const int per_group = p.channels / p.groups;
+  for (int w : {8, 4, 2}) if (per_group % w == 0) return w;
+  return 1;
+}
+
+bool aligned(const void* ptr) { return ptr == nullptr || reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// 16-byte loads need every row to start on 16 bytes.
+bool vectorizable(const ScanFwdParams& p) {
+  if (p.length % 4 || p.u_batch % 4 || p.u_channel % 4 || p.bc_batch % 4 || p.bc_group % 4 || p.bc_state % 4 ||
+      p.y_batch % 4 || p.y_channel % 4 || !aligned(p.y))
+    return false;
+  for (int d = 0; d < p.directions; ++d)
+    if (!aligned(p.dir[d].u) || !aligned(p.dir[d].delta) || !aligned(p.dir[d].B) || !aligned(p.dir[d].C)) return false;
+  return true;
+}
+
+template <int kWarps, bool kVec>
+void launch(const ScanFwdParams& p, cudaStream_t stream) {
+  auto kernel = selective_scan_fwd_kernel<kWarps, kVec>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes<kWarps>));
+  const dim3 grid(p.directions * (p.channels / kWarps), 1, p.batch);
+  kernel<<<grid, kWarps * kLanes, kSmemBytes<kWarps>, stream>>>(p);
+}
+
+template <bool kVec>
+void launch_vec(const ScanFwdParams& p, cudaStream_t stream) {
+  switch (warps_for(p)) {
+    case 8: return launch<8, kVec>(p, stream);
+    case 4: return launch<4, kVec>(p, stream);
+    case 2: return launch<2, kVec>(p, stream);
+    default: return launch<1, kVec>(p, stream);
+  }
+}
+
+}  // namespace
+
+const char* selective_scan_fwd_unsupported(const ScanFwdParams& p) {
+  if (p.states < 1 || p.states > kStates) return "the cuda selective scan takes 1 to 16 states (N)";
+  if (p.groups < 1 || p.channels % p.groups) return "the group count must divide the channel count";
+  if (p.directions != 1 && p.directions != 2) return "one or two directions per launch";
+  if (p.batch > 65535) return "the cuda selective scan takes at most 65535 images per call";
+  return "";
+}
+
+void selective_scan_fwd_launch(const ScanFwdParams& p, cudaStream_t stream) {
+  if (p.length == 0 || p.batch == 0 || p.channels == 0) return;
+  if (vectorizable(p)) launch_vec<true>(p, stream);
+  else launch_vec<false>(p, stream);
+}
+
+}  // namespace mambaic
