@@ -191,11 +191,13 @@ def op_breakdown(model, x, device: str) -> dict:
 
 def run_one(model, x, backend: str, args, clock: Clock) -> dict:
     import mambaic_kernels as mk
+    from mambaic_kernels import _backend
 
     record = {"backend": backend}
     autocast = (torch.autocast(x.device.type, dtype=DTYPES[args.dtype]) if args.dtype != "fp32"
                 else contextlib.nullcontext())
-    with mk.use_backend(backend), torch.no_grad():
+    with mk.use_backend(backend), torch.no_grad(), _backend.recording() as used:
+        record["ops"] = used  # which backend ran each op (filled as the stages run)
         strings = shape = None
 
         def forward():
@@ -351,7 +353,8 @@ def main(argv=None) -> int:
     parser.add_argument("--res", nargs="+", type=parse_resolution, default=[parse_resolution("2K")],
                         help="kodak (768x512), 1080p, 2K (2048x1536), 4K (3840x2160) or WxH; several at once")
     parser.add_argument("--backend", nargs="+", default=None,
-                        help="backends to compare (default: every available one, plus vmamba when importable)")
+                        help="backends to compare (default: every available one, plus vmamba when importable); "
+                             "auto: each op on the fastest backend that takes it, as users run it")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="forward precision (autocast); coding stays fp32")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs per stage, at least 1: the first compiles (default: 2 on GPU, 1 on CPU)")
@@ -394,6 +397,8 @@ def main(argv=None) -> int:
     known = list(_backend.BACKENDS)
     if args.backend:
         for b in args.backend:
+            if b == "auto":  # per op, the fastest backend that takes it (the record lists which ran)
+                continue
             if b not in known:
                 parser.error(f"--backend: {b!r} is not a backend; choose from {', '.join(known)}")
             reason = next((r for op in _backend.OPS if (r := _backend.why_unavailable(op, b, **meta))), None)

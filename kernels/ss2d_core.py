@@ -78,5 +78,5 @@ def ss2d_core(
     _checks.same_device(op, "u", u, **weights)
     for name, t in (("u", u), *weights.items()):
         _checks.contiguous(op, name, t)
-    fn = _backend.resolve(op, **_checks.meta(u, d_state=N))
+    fn = _backend.resolve(op, **_checks.meta(u, d_state=N, dt_rank=dt_projs_weight.shape[2]))
     return fn(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)

@@ -1,20 +1,20 @@
-"""`cuda` backend of ss2d_core: the four directions in two launches of the CUDA scan, no
-(batch, 4, dim, L) tensor.
+"""`cuda` backend of ss2d_core: the four directions in one launch of the CUDA scan, no (batch, 4,
+dim, L) tensor and no delta in memory.
 
-    column-major pair first (k = 1, 3), then the row-major pair (k = 0, 2); per pair:
-        seq    cols = u transposed (a tiled CUDA transpose), or u itself
-        dbl    = x_proj_weight[k, k + 2] @ seq   (batch, 2 (R + 2N), L), in seq's order
-        delta  = dt_projs_weight[k] @ its R rows, one (batch, dim, L) buffer per direction of the pair
-        acc    zeroed; one launch runs both directions (k forwards, k + 2 backwards over the same
-               seq, blocks of each side by side: 2 dim channels, twice the blocks of one direction)
-               and each adds its y into acc with float atomics. Every element receives exactly
-               two additions onto zero, and x + y == y + x in IEEE arithmetic, so the sum does not
-               depend on their order: the forward is bit-identical from run to run.
-    rows acc += cols acc transposed back (tiled), then transposed channel-last into the output.
+    rows   u itself (batch, dim, L), directions 0 and 2 (2 walks it backwards)
+    cols   u transposed by a tiled CUDA transpose, directions 1 and 3
+    dbl    = x_proj_weight[k, k + 2] @ rows (resp. cols): (batch, 2 (R + 2N), L), in that order
+    scan   one launch, 4 dim channels: each block stages its direction's B, C and R delta-rank rows
+           for a tile of steps and computes delta = dt_projs_weight[k] @ (the R rows) + bias in
+           registers; k and k + 2 add their y into one zeroed accumulator (rows or cols) with
+           float atomics. Every element receives exactly two additions onto zero, and x + y == y + x
+           in IEEE arithmetic, so the sum does not depend on their order: the forward is
+           bit-identical from run to run.
+    merge  rows acc += cols acc transposed back (tiled), then transposed channel-last: the output.
 
-Live (batch, dim, L) float32 maps besides u: cols, two deltas and the cols accumulator, then two
-deltas and both accumulators, then the rows accumulator and the output. The backward recomputes
-one direction at a time over the triton scan (kernels/pytorch/ss2d_core.py: recomputed_grads).
+Live (batch, dim, L) float32 maps besides u: cols and the two accumulators (plus both dbl, 2 (R +
+2N) / dim of a map each), then the rows accumulator and the output. The backward recomputes one
+direction at a time over the triton scan (kernels/pytorch/ss2d_core.py: recomputed_grads).
 """
 
 from __future__ import annotations
@@ -42,25 +42,14 @@ def ss2d_core_fwd_cuda(
     skip, bias = Ds.to(f).view(4, D), dt_projs_bias.to(f).reshape(4, D)
     w_x, w_dt = x_proj_weight.to(f), dt_projs_weight.to(f)
     u = u.to(f).contiguous()
-    deltas = [u.new_empty((batch, D, L)) for _ in range(2)]
-    acc = {}
-    for first in (1, 0):
-        if first == 1:
-            seq = u.new_empty((batch, D, W, H))
-            _ext.transpose(u.view(batch * D, H, W), seq.view(batch * D, W, H), False)
-            seq = seq.view(batch, D, L)
-        else:
-            seq = u.view(batch, D, L)
-        dbl = torch.matmul(w_x[first::2].reshape(2 * C, D), seq)  # (batch, 2C, L) in seq's order
-        sides = [dbl[:, j * C : (j + 1) * C] for j in range(2)]  # direction first, then first + 2
-        for j in range(2):
-            torch.matmul(w_dt[first + 2 * j], sides[j][:, :R], out=deltas[j])
-        acc[first] = torch.zeros((batch, D, L), dtype=f, device=u.device)
-        ks = (first, first + 2)
-        _ext.ss2d_pair_fwd(seq, deltas, [A[k] for k in ks], [s[:, R : R + N] for s in sides],
-                           [s[:, R + N :] for s in sides], [skip[k] for k in ks], [bias[k] for k in ks], acc[first])  # fmt: skip
-        del seq, dbl, sides
-    del deltas
+    cols = u.new_empty((batch, D, W, H))
+    _ext.transpose(u.view(batch * D, H, W), cols.view(batch * D, W, H), False)
+    seqs = (u.view(batch, D, L), cols.view(batch, D, L))
+    # x_proj of directions (0, 2) on rows and (1, 3) on cols: each in its sequence's order
+    projs = [torch.matmul(w_x[first::2].reshape(2 * C, D), seqs[first]) for first in (0, 1)]
+    acc = [torch.zeros((batch, D, L), dtype=f, device=u.device) for _ in range(2)]
+    _ext.ss2d_fwd(*seqs, *projs, w_dt.contiguous(), A.contiguous(), skip.contiguous(), bias.contiguous(), *acc)
+    del cols, seqs, projs
     _ext.transpose(acc[1].view(batch * D, W, H), acc[0].view(batch * D, H, W), True)
     del acc[1]
     out = u.new_empty((batch, L, D))
@@ -92,4 +81,13 @@ def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
     return torch.ops.mambaic.ss2d_core_fwd_cuda(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
 
 
-_backend.register("ss2d_core", "cuda", ss2d_core, _scan.supports)
+_MAX_RANK = 64  # delta-rank rows staged per tile in shared memory (csrc/selective_scan.h: kMaxRank)
+
+
+def supports(device: str, dtype: torch.dtype, d_state: int, dt_rank: int = 0, **_) -> str | None:
+    if dt_rank > _MAX_RANK:
+        return f"the cuda ss2d_core stages at most {_MAX_RANK} delta-rank rows per tile, got dt_rank={dt_rank}"
+    return _scan.supports(device, dtype, d_state)
+
+
+_backend.register("ss2d_core", "cuda", ss2d_core, supports)

@@ -23,7 +23,9 @@ CASES = [
 if DEVICE == "cuda" and not INTERPRETED:
     # the float64 reference steps through L in Python and autograd keeps every step: L ~ 2000 is
     # already long enough to cross many chunks of any kernel
-    CASES += [pytest.param((2, 4, 24, 16, 2053), id="B2-K4-G24-N16-L2053")]
+    CASES += [pytest.param((2, 4, 24, 16, 2053), id="B2-K4-G24-N16-L2053"),
+              # L a multiple of 4 past one 512-step tile: the cuda kernel's 16-byte path
+              pytest.param((2, 4, 16, 16, 1540), id="B2-K4-G16-N16-L1540")]
 
 FLAGS = [
     pytest.param(dict(softplus=True, D=True, bias=True), id="softplus-D-bias"),

@@ -24,7 +24,9 @@ CASES = [
 ]
 if DEVICE == "cuda" and not INTERPRETED:
     # past the kernels' tile and chunk sizes (L = 1357), with the model's d_state
-    CASES += [pytest.param((2, 40, 23, 59, 16, 5), id="B2-D40-H23-W59-N16-R5")]
+    CASES += [pytest.param((2, 40, 23, 59, 16, 5), id="B2-D40-H23-W59-N16-R5"),
+              # L = 1560, a multiple of 4 (the cuda kernel's 16-byte path), the model's R for dim 512
+              pytest.param((2, 16, 24, 65, 16, 16), id="B2-D16-H24-W65-N16-R16")]
 
 
 def make_inputs(batch, dim, H, W, N, R, device=DEVICE):

@@ -50,54 +50,59 @@ at::Tensor selective_scan_fwd(const at::Tensor& u, const at::Tensor& delta, cons
   check_shape(C, "C", {batch, groups, states, length});
   auto y = at::empty_like(u);
   mambaic::ScanFwdParams p{};
-  p.dir[0] = {u.data_ptr<float>(), delta.data_ptr<float>(), A.data_ptr<float>(), B.data_ptr<float>(),
+  p.dir[0] = {u.data_ptr<float>(), delta.data_ptr<float>(), nullptr, nullptr, A.data_ptr<float>(), B.data_ptr<float>(),
               C.data_ptr<float>(), optional_ptr(D, "D", channels), optional_ptr(delta_bias, "delta_bias", channels),
-              false};
+              y.data_ptr<float>(), false};
   p.directions = 1;
   p.batch = batch, p.channels = channels, p.groups = groups, p.states = states, p.length = length;
   p.u_batch = u.stride(0), p.u_channel = u.stride(1);
   p.bc_batch = B.stride(0), p.bc_group = B.stride(1), p.bc_state = B.stride(2);
-  p.y = y.data_ptr<float>(), p.y_batch = y.stride(0), p.y_channel = y.stride(1);
+  p.y_batch = y.stride(0), p.y_channel = y.stride(1);
   p.softplus = delta_softplus, p.accumulate = false;
   launch_checked(p);
   return y;
 }
 
-// Two directions of the fused SS2D core over one sequence `seq` (batch, D, L), the second walked
-// backwards, both added into `out` (batch, D, L), which the caller zeroes: two float additions
-// onto zero commute exactly, so the result does not depend on which lands first.
-// deltas: two (batch, D, L); As: two (D, N); Bs / Cs: two (batch, N, L) views of the projection
-// (any batch and state strides); Ds, biases: two (D,).
-void ss2d_pair_fwd(const at::Tensor& seq, std::vector<at::Tensor> deltas, std::vector<at::Tensor> As,
-                   std::vector<at::Tensor> Bs, std::vector<at::Tensor> Cs, std::vector<at::Tensor> Ds,
-                   std::vector<at::Tensor> biases, at::Tensor& out) {
-  check_cuda_fp32(seq, "seq");
-  check_cuda_fp32(out, "out");
-  TORCH_CHECK(seq.is_contiguous() && out.is_contiguous(), "seq and out must be contiguous");
-  c10::cuda::CUDAGuard guard(seq.device());
-  const int64_t batch = seq.size(0), channels = seq.size(1), length = seq.size(2), states = As[0].size(1);
-  check_shape(out, "out", seq.sizes());
-  mambaic::ScanFwdParams p{};
-  for (int d = 0; d < 2; ++d) {
-    check_cuda_fp32(deltas[d], "delta");
-    TORCH_CHECK(deltas[d].is_contiguous(), "delta must be contiguous");
-    check_shape(deltas[d], "delta", seq.sizes());
-    check_cuda_fp32(As[d], "A");
-    check_shape(As[d], "A", {channels, states});
-    for (auto [t, name] : {std::pair{&Bs[d], "B"}, {&Cs[d], "C"}}) {
-      check_cuda_fp32(*t, name);
-      check_shape(*t, name, {batch, states, length});
-      TORCH_CHECK(t->strides() == Bs[0].strides(), "B and C of both directions must share strides");
-    }
-    p.dir[d] = {seq.data_ptr<float>(), deltas[d].data_ptr<float>(), As[d].data_ptr<float>(), Bs[d].data_ptr<float>(),
-                Cs[d].data_ptr<float>(), optional_ptr(Ds[d], "D", channels), optional_ptr(biases[d], "bias", channels),
-                d == 1};
+// The four directions of the fused SS2D core in one launch. Directions 0 and 2 scan `rows`
+// (batch, D, L), u in row-major order, 1 and 3 `cols`, u in column-major order; 2 and 3 walk
+// backwards. `rows_proj` / `cols_proj` (batch, 2 (R + 2N), L): x_proj of directions (0, 2) / (1, 3)
+// in their sequence's order, each direction's rows being R delta-rank rows, N of B, N of C; delta
+// is computed from them in the kernel. Directions k and k + 2 add into `rows_acc` / `cols_acc`
+// (batch, D, L), which the caller zeroes: two float additions onto zero commute exactly, so the
+// result does not depend on which lands first. dt_weight (4, D, R); A (4, D, N); Ds, bias (4, D).
+void ss2d_fwd(const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& rows_proj, const at::Tensor& cols_proj,
+              const at::Tensor& dt_weight, const at::Tensor& A, const at::Tensor& Ds, const at::Tensor& bias,
+              at::Tensor& rows_acc, at::Tensor& cols_acc) {
+  const int64_t batch = rows.size(0), channels = rows.size(1), length = rows.size(2);
+  const int64_t rank = dt_weight.size(2), states = A.size(2), width = 2 * (rank + 2 * states);
+  for (auto [t, name] : {std::pair{&rows, "rows"}, {&cols, "cols"}, {&rows_proj, "rows_proj"},
+                         {&cols_proj, "cols_proj"}, {&dt_weight, "dt_weight"}, {&A, "A"}, {&Ds, "Ds"},
+                         {&bias, "bias"}, {&rows_acc, "rows_acc"}, {&cols_acc, "cols_acc"}}) {
+    check_cuda_fp32(*t, name);
+    TORCH_CHECK(t->is_contiguous(), name, " must be contiguous");
   }
-  p.directions = 2;
-  p.batch = batch, p.channels = channels, p.groups = 1, p.states = states, p.length = length;
-  p.u_batch = seq.stride(0), p.u_channel = seq.stride(1);
-  p.bc_batch = Bs[0].stride(0), p.bc_group = 0, p.bc_state = Bs[0].stride(1);
-  p.y = out.data_ptr<float>(), p.y_batch = out.stride(0), p.y_channel = out.stride(1);
+  for (auto [t, name] : {std::pair{&cols, "cols"}, {&rows_acc, "rows_acc"}, {&cols_acc, "cols_acc"}})
+    check_shape(*t, name, rows.sizes());
+  check_shape(rows_proj, "rows_proj", {batch, width, length});
+  check_shape(cols_proj, "cols_proj", {batch, width, length});
+  check_shape(dt_weight, "dt_weight", {4, channels, rank});
+  check_shape(A, "A", {4, channels, states});
+  check_shape(Ds, "Ds", {4, channels});
+  check_shape(bias, "bias", {4, channels});
+  c10::cuda::CUDAGuard guard(rows.device());
+  mambaic::ScanFwdParams p{};
+  for (int k = 0; k < 4; ++k) {
+    const at::Tensor& seq = k % 2 ? cols : rows;
+    const float* proj = (k % 2 ? cols_proj : rows_proj).data_ptr<float>() + (k / 2) * (width / 2) * length;
+    p.dir[k] = {seq.data_ptr<float>(), nullptr, proj, dt_weight[k].data_ptr<float>(), A[k].data_ptr<float>(),
+                proj + rank * length, proj + (rank + states) * length, Ds[k].data_ptr<float>(),
+                bias[k].data_ptr<float>(), (k % 2 ? cols_acc : rows_acc).data_ptr<float>(), k >= 2};
+  }
+  p.directions = 4;
+  p.batch = batch, p.channels = channels, p.groups = 1, p.states = states, p.length = length, p.rank = rank;
+  p.u_batch = rows.stride(0), p.u_channel = rows.stride(1);
+  p.bc_batch = rows_proj.stride(0), p.bc_group = 0, p.bc_state = length;
+  p.y_batch = rows_acc.stride(0), p.y_channel = rows_acc.stride(1);
   p.softplus = true, p.accumulate = true;
   launch_checked(p);
 }
@@ -121,6 +126,6 @@ void transpose(const at::Tensor& in, at::Tensor& out, bool accumulate) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_scan_fwd", &selective_scan_fwd, "forward selective scan (float32)");
-  m.def("ss2d_pair_fwd", &ss2d_pair_fwd, "two directions of the fused SS2D core into one accumulator");
+  m.def("ss2d_fwd", &ss2d_fwd, "the four scans of the fused SS2D core into two accumulators");
   m.def("transpose", &transpose, "batched transpose, optionally accumulating");
 }

@@ -7,27 +7,32 @@
 
 namespace mambaic {
 
+constexpr int kMaxDirections = 4;
+constexpr int kMaxRank = 64;  // rows of the delta projection staged per tile (dt_rank)
+
 // One scan direction: the channels of one launch read these pointers. The public op has one
-// direction; the fused SS2D core launches a pair (k and k + 2: the same sequence, walked forwards
-// and backwards) into one accumulator.
+// direction; the fused SS2D core launches its four (k + 2 walks k's sequence backwards; k and
+// k + 2 add into one accumulator).
 struct ScanDirection {
   const float* u;           // (batch, channels, L) with the strides below
-  const float* delta;       // same layout as u
+  const float* delta;       // same layout as u; null when computed from `proj` (below)
+  const float* proj;        // (batch, rank, L) with the B / C strides: delta = dt_weight @ proj
+  const float* dt_weight;   // (channels, rank)
   const float* A;           // (channels, states)
   const float* B;           // (batch, groups, states, L)
   const float* C;           // same layout as B
   const float* D;           // (channels,) or null
   const float* delta_bias;  // (channels,) or null
+  float* y;                 // (batch, channels, L)
   bool reverse;             // walk L from its end (the output stays in sequence order)
 };
 
 struct ScanFwdParams {
-  ScanDirection dir[2];
-  int directions;  // 1 or 2: blocks [0, channels / warps) run dir[0], the next as many dir[1]
-  int batch, channels, groups, states, length;
-  // strides in elements; the step stride is 1 for every tensor
+  ScanDirection dir[kMaxDirections];
+  int directions;  // blocks [d * channels / warps, (d + 1) * channels / warps) run dir[d]
+  int batch, channels, groups, states, length, rank;
+  // strides in elements; the step stride is 1 for every tensor (proj shares B's and C's)
   int64_t u_batch, u_channel, bc_batch, bc_group, bc_state, y_batch, y_channel;
-  float* y;         // (batch, channels, L)
   bool softplus;    // dt = softplus(delta + bias)
   bool accumulate;  // y += with atomics (exactly two directions per element: bit-reproducible)
 };

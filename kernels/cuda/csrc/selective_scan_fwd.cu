@@ -45,8 +45,17 @@ __device__ __forceinline__ float ex2(float x) {
   return r;
 }
 
-// softplus with torch's threshold of 20
-__device__ __forceinline__ float softplus(float v) { return v <= 20.f ? log1pf(__expf(v)) : v; }
+// softplus with torch's threshold of 20, to ~1e-7 relative: max(v, 0) + log1p(e), e = exp(-|v|) in
+// (0, 1], with log1p(e) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...), s = e / (2 + e) <= 1/3: eight
+// terms reach 1e-8. Two MUFU ops and ~15 FP32 instructions, against ~30 for log1pf(expf(v)).
+__device__ __forceinline__ float softplus(float v) {
+  const float e = ex2(-fabsf(v) * kLog2e);
+  const float s = __fdividef(e, 2.f + e), z = s * s;
+  float q = 1.f / 15.f;
+  q = fmaf(q, z, 1.f / 13.f), q = fmaf(q, z, 1.f / 11.f), q = fmaf(q, z, 1.f / 9.f), q = fmaf(q, z, 1.f / 7.f);
+  q = fmaf(q, z, 1.f / 5.f), q = fmaf(q, z, 1.f / 3.f), q = fmaf(q, z, 1.f);
+  return v > 20.f ? v : fmaxf(v, 0.f) + 2.f * s * q;
+}
 
 // Four consecutive values of a row from step t (zeros past L, or everywhere when !valid).
 template <bool kVec>
@@ -100,20 +109,35 @@ __device__ __forceinline__ void read_segment(const float4* tile, int n, int seg,
   }
 }
 
-template <int kWarps, bool kVec, bool kReverse>
+// Shared memory of a block: the tile's B, C and projection rows, then per warp A log2 e and dt_weight.
+struct Smem {
+  float4 *B, *C, *proj;  // [kStates][kRow], [kStates][kRow], [rank][kRow]
+  float *A2, *w;         // [kStates], [rank] of this warp
+};
+
+template <int kWarps>
+__host__ __device__ constexpr size_t smem_bytes(int rank) {
+  return (2 * kStates + rank) * kRow * sizeof(float4) + kWarps * (kStates + rank) * sizeof(float);
+}
+
+template <int kWarps, bool kVec, bool kProj, bool kReverse>
 __device__ __forceinline__ void scan_channel(const ScanFwdParams& p, const ScanDirection& q, int channel, int lane,
-                                             float4* Bs, float4* Cs, float* As) {
+                                             const Smem& sm) {
   const int L = p.length, b = blockIdx.z;
   const int group = channel / (p.channels / p.groups);
   const float* u = q.u + b * p.u_batch + channel * p.u_channel;
   const float* delta = q.delta + b * p.u_batch + channel * p.u_channel;
   const float* B = q.B + b * p.bc_batch + group * p.bc_group;
   const float* C = q.C + b * p.bc_batch + group * p.bc_group;
-  float* y = p.y + b * p.y_batch + channel * p.y_channel;
+  const float* proj = kProj ? q.proj + b * p.bc_batch : nullptr;
+  float* y = q.y + b * p.y_batch + channel * p.y_channel;
+  const int rank = kProj ? p.rank : 0;
 
-  // A (times log2 e) in shared memory, not registers: read once per state and tile, by the whole warp
-  float* A2 = As + (threadIdx.x / kLanes) * kStates;
+  // A (times log2 e) and the delta weights in shared memory, not registers: read once per state
+  // (or rank row) and tile, by the whole warp
+  float* A2 = sm.A2;
   if (lane < kStates) A2[lane] = lane < p.states ? q.A[channel * p.states + lane] * kLog2e : 0.f;
+  for (int r = lane; r < rank; r += kLanes) sm.w[r] = q.dt_weight[channel * rank + r];
   __syncwarp();
   float carry[kStates];
 #pragma unroll
@@ -128,15 +152,31 @@ __device__ __forceinline__ void scan_channel(const ScanFwdParams& p, const ScanD
     const int ts = t0 + seg * kSteps;  // the lane's first step (in memory order)
     float dtu[kSteps], dt[kSteps], out[kSteps];
     load_steps<kVec>(u, ts, L, dtu);
-    load_steps<kVec>(delta, ts, L, dt);
+    if (!kProj) load_steps<kVec>(delta, ts, L, dt);
 
-    __syncthreads();  // every warp is done with the previous tile's B and C
+    __syncthreads();  // every warp is done with the previous tile's rows
     for (int i = threadIdx.x; i < kStates * kChunks; i += kWarps * kLanes) {
       const int n = i / kChunks, chunk = i % kChunks;
-      Bs[n * kRow + padded(chunk)] = load4<kVec>(B + n * p.bc_state, t0 + 4 * chunk, L, n < p.states);
-      Cs[n * kRow + padded(chunk)] = load4<kVec>(C + n * p.bc_state, t0 + 4 * chunk, L, n < p.states);
+      sm.B[n * kRow + padded(chunk)] = load4<kVec>(B + n * p.bc_state, t0 + 4 * chunk, L, n < p.states);
+      sm.C[n * kRow + padded(chunk)] = load4<kVec>(C + n * p.bc_state, t0 + 4 * chunk, L, n < p.states);
     }
+    for (int i = threadIdx.x; i < rank * kChunks; i += kWarps * kLanes) {
+      const int r = i / kChunks, chunk = i % kChunks;
+      sm.proj[r * kRow + padded(chunk)] = load4<kVec>(proj + r * p.bc_state, t0 + 4 * chunk, L, true);
+    }
+    __syncthreads();  // the tile's rows are staged
 
+    if (kProj) {  // delta = dt_weight[channel] @ the rank rows, in registers: never written
+#pragma unroll
+      for (int i = 0; i < kSteps; ++i) dt[i] = 0.f;
+      for (int r = 0; r < rank; ++r) {
+        float row[kSteps];
+        read_segment(sm.proj, r, seg, row);
+        const float w = sm.w[r];
+#pragma unroll
+        for (int i = 0; i < kSteps; ++i) dt[i] = fmaf(w, row[i], dt[i]);
+      }
+    }
     float dtsum = 0.f;
 #pragma unroll
     for (int i = 0; i < kSteps; ++i) {
@@ -148,21 +188,25 @@ __device__ __forceinline__ void scan_channel(const ScanFwdParams& p, const ScanD
       dtu[i] *= v;
       dtsum += v;
     }
-    __syncthreads();  // the tile's B and C are staged
 
 #pragma unroll
     for (int n = 0; n < kStates; ++n) {
       if (n >= p.states) break;
-      float a[kSteps], x[kSteps], bc[kSteps];
-      read_segment(Bs, n, seg, bc);
+      float a[kSteps], x[kSteps];
       const float A2n = A2[n];
       float h = 0.f;
 #pragma unroll
-      for (int s = 0; s < kSteps; ++s) {
-        const int i = kReverse ? kSteps - 1 - s : s;
-        a[i] = ex2(dt[i] * A2n);
-        x[i] = dtu[i] * bc[i];
-        h = fmaf(a[i], h, x[i]);
+      for (int jj = 0; jj < kSteps / 4; ++jj) {  // B read 16 bytes at a time, in walking order
+        const int j = kReverse ? kSteps / 4 - 1 - jj : jj;
+        const float4 q4 = sm.B[n * kRow + padded(seg * (kSteps / 4) + j)];
+        const float bq[4] = {q4.x, q4.y, q4.z, q4.w};
+#pragma unroll
+        for (int ii = 0; ii < 4; ++ii) {
+          const int i = 4 * j + (kReverse ? 3 - ii : ii);
+          a[i] = ex2(dt[i] * A2n);
+          x[i] = dtu[i] * bq[i % 4];
+          h = fmaf(a[i], h, x[i]);
+        }
       }
       // inclusive scan of the lanes' maps (P, e): h -> P h + e, lane order = time order
       float P = ex2(dtsum * A2n), e = h;
@@ -176,35 +220,38 @@ __device__ __forceinline__ void scan_channel(const ScanFwdParams& p, const ScanD
       if (lane == 0) start = carry[n];
       carry[n] = __shfl_sync(kFull, end, kLanes - 1);
 
-      read_segment(Cs, n, seg, bc);
       h = start;
 #pragma unroll
-      for (int s = 0; s < kSteps; ++s) {
-        const int i = kReverse ? kSteps - 1 - s : s;
-        h = fmaf(a[i], h, x[i]);
-        out[i] = fmaf(bc[i], h, out[i]);
+      for (int jj = 0; jj < kSteps / 4; ++jj) {
+        const int j = kReverse ? kSteps / 4 - 1 - jj : jj;
+        const float4 q4 = sm.C[n * kRow + padded(seg * (kSteps / 4) + j)];
+        const float cq[4] = {q4.x, q4.y, q4.z, q4.w};
+#pragma unroll
+        for (int ii = 0; ii < 4; ++ii) {
+          const int i = 4 * j + (kReverse ? 3 - ii : ii);
+          h = fmaf(a[i], h, x[i]);
+          out[i] = fmaf(cq[i % 4], h, out[i]);
+        }
       }
     }
     store_steps<kVec>(y, ts, L, out, p.accumulate);
   }
 }
 
-template <int kWarps, bool kVec>
+template <int kWarps, bool kVec, bool kProj>
 __global__ void __launch_bounds__(kWarps * kLanes, 2) selective_scan_fwd_kernel(const ScanFwdParams p) {
   extern __shared__ float4 smem[];
-  float4* Bs = smem;                   // [kStates][kRow]
-  float4* Cs = smem + kStates * kRow;  // [kStates][kRow]
-  float* As = reinterpret_cast<float*>(smem + 2 * kStates * kRow);  // [kWarps][kStates]
+  const int warp = threadIdx.x / kLanes;
+  const int rank = p.rank;
+  float* per_warp = reinterpret_cast<float*>(smem + (2 * kStates + rank) * kRow) + warp * (kStates + rank);
+  const Smem sm{smem, smem + kStates * kRow, smem + 2 * kStates * kRow, per_warp, per_warp + kStates};
   const int blocks_per_direction = p.channels / kWarps;
   const int d = blockIdx.x / blocks_per_direction;
-  const int channel = (blockIdx.x % blocks_per_direction) * kWarps + threadIdx.x / kLanes;
-  const ScanDirection q = d == 0 ? p.dir[0] : p.dir[1];
-  if (q.reverse) scan_channel<kWarps, kVec, true>(p, q, channel, threadIdx.x % kLanes, Bs, Cs, As);
-  else scan_channel<kWarps, kVec, false>(p, q, channel, threadIdx.x % kLanes, Bs, Cs, As);
+  const int channel = (blockIdx.x % blocks_per_direction) * kWarps + warp;
+  const ScanDirection q = d == 0 ? p.dir[0] : d == 1 ? p.dir[1] : d == 2 ? p.dir[2] : p.dir[3];
+  if (q.reverse) scan_channel<kWarps, kVec, kProj, true>(p, q, channel, threadIdx.x % kLanes, sm);
+  else scan_channel<kWarps, kVec, kProj, false>(p, q, channel, threadIdx.x % kLanes, sm);
 }
-
-template <int kWarps>
-constexpr size_t kSmemBytes = 2 * kStates * kRow * sizeof(float4) + kWarps * kStates * sizeof(float);
 
 // Widest block whose channels share one group (W | channels per group).
 int warps_for(const ScanFwdParams& p) {
@@ -218,19 +265,25 @@ bool aligned(const void* ptr) { return ptr == nullptr || reinterpret_cast<uintpt
 // 16-byte loads need every row to start on 16 bytes.
 bool vectorizable(const ScanFwdParams& p) {
   if (p.length % 4 || p.u_batch % 4 || p.u_channel % 4 || p.bc_batch % 4 || p.bc_group % 4 || p.bc_state % 4 ||
-      p.y_batch % 4 || p.y_channel % 4 || !aligned(p.y))
+      p.y_batch % 4 || p.y_channel % 4)
     return false;
-  for (int d = 0; d < p.directions; ++d)
-    if (!aligned(p.dir[d].u) || !aligned(p.dir[d].delta) || !aligned(p.dir[d].B) || !aligned(p.dir[d].C)) return false;
+  for (int d = 0; d < p.directions; ++d) {
+    const ScanDirection& q = p.dir[d];
+    if (!aligned(q.u) || !aligned(q.delta) || !aligned(q.proj) || !aligned(q.B) || !aligned(q.C) || !aligned(q.y))
+      return false;
+  }
   return true;
 }
 
 template <int kWarps, bool kVec>
 void launch(const ScanFwdParams& p, cudaStream_t stream) {
-  auto kernel = selective_scan_fwd_kernel<kWarps, kVec>;
-  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes<kWarps>));
+  // delta read from memory (the public op) or computed from the projection rows (the SS2D core):
+  // separate kernels, so that the first keeps the registers the second spends on the projection
+  auto kernel = p.dir[0].proj ? selective_scan_fwd_kernel<kWarps, kVec, true> : selective_scan_fwd_kernel<kWarps, kVec, false>;
+  const size_t bytes = smem_bytes<kWarps>(p.rank);
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   const dim3 grid(p.directions * (p.channels / kWarps), 1, p.batch);
-  kernel<<<grid, kWarps * kLanes, kSmemBytes<kWarps>, stream>>>(p);
+  kernel<<<grid, kWarps * kLanes, bytes, stream>>>(p);
 }
 
 template <bool kVec>
@@ -248,7 +301,11 @@ void launch_vec(const ScanFwdParams& p, cudaStream_t stream) {
 const char* selective_scan_fwd_unsupported(const ScanFwdParams& p) {
   if (p.states < 1 || p.states > kStates) return "the cuda selective scan takes 1 to 16 states (N)";
   if (p.groups < 1 || p.channels % p.groups) return "the group count must divide the channel count";
-  if (p.directions != 1 && p.directions != 2) return "one or two directions per launch";
+  if (p.directions < 1 || p.directions > kMaxDirections) return "one to four directions per launch";
+  if (p.rank < 0 || p.rank > kMaxRank) return "the cuda scan stages at most 64 rows of the delta projection (dt_rank)";
+  for (int d = 0; d < p.directions; ++d)
+    if ((p.dir[d].delta == nullptr) == (p.dir[d].proj == nullptr) || (p.dir[d].proj == nullptr) != (p.dir[0].proj == nullptr))
+      return "every direction reads delta, or every direction its projection";
   if (p.batch > 65535) return "the cuda selective scan takes at most 65535 images per call";
   return "";
 }
