@@ -86,24 +86,36 @@ def _ss2d_core_fused(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, D
     return out
 
 
-class _SS2DCore(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, *inputs):
-        ctx.save_for_backward(*inputs)
-        return _ss2d_core_fused(*inputs)
+@torch.library.custom_op("mambaic::ss2d_core_fwd_cpu", mutates_args=())
+def ss2d_core_fwd_cpu(
+    u: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor, dt_projs_bias: torch.Tensor,
+    A_logs: torch.Tensor, Ds: torch.Tensor,
+) -> torch.Tensor:
+    """(batch, H, W, dim) in u's dtype; a custom op, so that torch.compile keeps it as one node."""
+    return _ss2d_core_fused(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds).to(u.dtype)
 
-    @staticmethod
-    def backward(ctx, dout):
-        return recomputed_grads(selective_scan, ctx.saved_tensors, ctx.needs_input_grad, dout)
+
+@ss2d_core_fwd_cpu.register_fake
+def _(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
+    batch, D, H, W = u.shape
+    return u.new_empty((batch, H, W, D))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, dout):
+    return recomputed_grads(selective_scan, ctx.saved_tensors, ctx.needs_input_grad, dout)
+
+
+torch.library.register_autograd("mambaic::ss2d_core_fwd_cpu", _backward, setup_context=_setup_context)
 
 
 def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
     # Fused over the C++ scan (bench/RESULTS.md: faster and leaner than the stacked composition of
     # the C++ cross-scan, scan and cross-merge that this backend ran before mambaic 0.3).
-    inputs = (u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        return _SS2DCore.apply(*inputs).to(u.dtype)
-    return _ss2d_core_fused(*inputs).to(u.dtype)
+    return ss2d_core_fwd_cpu(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
 
 
 def _supports(device, dtype, **meta):

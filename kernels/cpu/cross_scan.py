@@ -1,50 +1,56 @@
-"""`cpu` backend cross_scan / cross_merge: one C++ pass per plane, each the other's backward."""
+"""`cpu` backend cross_scan / cross_merge: one C++ pass per plane, each the other's backward.
+
+Registered as ``mambaic::cross_scan_cpu`` / ``mambaic::cross_merge_cpu`` (torch.library custom ops
+with fake kernels and autograd), so that torch.compile keeps each as one node of its graph.
+"""
 
 import torch
 
 
 def make_cross_ops(ext):
-    def merge(y: torch.Tensor, channel_last: bool) -> torch.Tensor:
-        out = ext.cross_merge(y)  # (batch, C, L)
-        return out.transpose(1, 2) if channel_last else out  # the torch backend's layout, a view
+    @torch.library.custom_op("mambaic::cross_scan_cpu", mutates_args=())
+    def cross_scan_cpu(x: torch.Tensor, channel_last: bool) -> torch.Tensor:
+        """(batch, 4, C, L) from x (batch, C, H, W), or (batch, H, W, C) when channel_last."""
+        return ext.cross_scan(x.contiguous(), channel_last)
 
-    class _CrossScan(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, channel_last):
-            ctx.shape, ctx.channel_last = x.shape, channel_last
-            return ext.cross_scan(x, channel_last)
+    @cross_scan_cpu.register_fake
+    def _(x, channel_last):
+        batch, C = x.shape[0], x.shape[3] if channel_last else x.shape[1]
+        return x.new_empty((batch, 4, C, x.numel() // (batch * C)))
 
-        @staticmethod
-        def backward(ctx, g):
-            batch = ctx.shape[0]
-            H, W = (ctx.shape[1], ctx.shape[2]) if ctx.channel_last else (ctx.shape[2], ctx.shape[3])
-            dx = ext.cross_merge(g.contiguous().view(batch, 4, -1, H, W))  # (batch, C, L): the adjoint
-            if ctx.channel_last:
-                return dx.transpose(1, 2).reshape(ctx.shape), None
-            return dx.view(ctx.shape), None
+    @torch.library.custom_op("mambaic::cross_merge_cpu", mutates_args=())
+    def cross_merge_cpu(y: torch.Tensor, channel_last: bool) -> torch.Tensor:
+        """(batch, C, L) from y (batch, 4, C, H, W); channel_last: (batch, L, C), a transposed view of
+        a (batch, C, L) tensor (the torch backend's layout)."""
+        out = ext.cross_merge(y.contiguous())
+        return out.transpose(1, 2) if channel_last else out
 
-    class _CrossMerge(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, y, channel_last):
-            ctx.shape, ctx.channel_last = y.shape, channel_last
-            return merge(y, channel_last)
+    @cross_merge_cpu.register_fake
+    def _(y, channel_last):
+        batch, _, C, H, W = y.shape
+        out = y.new_empty((batch, C, H * W))
+        return out.transpose(1, 2) if channel_last else out
 
-        @staticmethod
-        def backward(ctx, g):
-            batch, _, C, H, W = ctx.shape
-            if ctx.channel_last:  # g: (batch, L, C), i.e. a channel-last map
-                dy = ext.cross_scan(g.contiguous().view(batch, H, W, C), True)
-            else:
-                dy = ext.cross_scan(g.contiguous().view(batch, C, H, W), False)
-            return dy.view(ctx.shape), None
+    def scan_backward(ctx, g):
+        batch, _, C, _ = g.shape
+        H, W = ctx.hw
+        dx = cross_merge_cpu(g.reshape(batch, 4, C, H, W), ctx.channel_last)  # the adjoint
+        return dx.reshape(ctx.shape), None
 
-    def needs_grad(t):
-        return torch.is_grad_enabled() and t.requires_grad
+    def scan_setup(ctx, inputs, output):
+        x, channel_last = inputs
+        ctx.shape, ctx.channel_last = x.shape, channel_last
+        ctx.hw = (x.shape[1], x.shape[2]) if channel_last else (x.shape[2], x.shape[3])
 
-    def cross_scan(x, channel_last):
-        return _CrossScan.apply(x, channel_last) if needs_grad(x) else ext.cross_scan(x, channel_last)
+    def merge_backward(ctx, g):
+        batch, _, C, H, W = ctx.shape
+        x = g.reshape(batch, H, W, C) if ctx.channel_last else g.reshape(batch, C, H, W)
+        return cross_scan_cpu(x, ctx.channel_last).view(ctx.shape), None
 
-    def cross_merge(y, channel_last):
-        return _CrossMerge.apply(y, channel_last) if needs_grad(y) else merge(y, channel_last)
+    def merge_setup(ctx, inputs, output):
+        y, channel_last = inputs
+        ctx.shape, ctx.channel_last = y.shape, channel_last
 
-    return cross_scan, cross_merge
+    torch.library.register_autograd("mambaic::cross_scan_cpu", scan_backward, setup_context=scan_setup)
+    torch.library.register_autograd("mambaic::cross_merge_cpu", merge_backward, setup_context=merge_setup)
+    return cross_scan_cpu, cross_merge_cpu

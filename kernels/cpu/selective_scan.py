@@ -3,6 +3,8 @@
 Forward is what CPU users run (decoding, evaluation); training on a CPU is rare, so backward
 recomputes the chunk states with the PyTorch forward and runs the PyTorch adjoint scan.
 fp16 / bf16 inputs are computed in float32 (as every backend does) and y is cast back.
+Registered as ``mambaic::selective_scan_fwd_cpu`` (a torch.library custom op with a fake kernel
+and autograd), so that torch.compile keeps it as one node of its graph.
 """
 
 import torch
@@ -11,27 +13,31 @@ from ..pytorch.selective_scan import input_grads
 
 
 def make_selective_scan(ext):
-    def forward_fp32(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    @torch.library.custom_op("mambaic::selective_scan_fwd_cpu", mutates_args=())
+    def selective_scan_fwd_cpu(
+        u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+        D: torch.Tensor | None, delta_bias: torch.Tensor | None, delta_softplus: bool,
+    ) -> torch.Tensor:
         f = torch.float32
         opt = [None if t is None else t.to(f).contiguous() for t in (D, delta_bias)]
-        return ext.selective_scan_fwd(u.to(f), delta.to(f), A.to(f).contiguous(), B.to(f), C.to(f), *opt,
-                                      delta_softplus)
+        y = ext.selective_scan_fwd(*(t.to(f).contiguous() for t in (u, delta, A, B, C)), *opt, delta_softplus)
+        return y.to(u.dtype)
 
-    class _SelectiveScan(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
-            ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
-            ctx.delta_softplus = delta_softplus
-            return forward_fp32(u, delta, A, B, C, D, delta_bias, delta_softplus).to(u.dtype)
+    @selective_scan_fwd_cpu.register_fake
+    def _(u, delta, A, B, C, D, delta_bias, delta_softplus):
+        return torch.empty_like(u, memory_format=torch.contiguous_format)
 
-        @staticmethod
-        def backward(ctx, dy):
-            return (*input_grads(dy, ctx.saved_tensors, ctx.delta_softplus), None)
+    def setup_context(ctx, inputs, output):
+        *tensors, delta_softplus = inputs
+        ctx.save_for_backward(*tensors)
+        ctx.delta_softplus = delta_softplus
+
+    def backward(ctx, dy):
+        return (*input_grads(dy, ctx.saved_tensors, ctx.delta_softplus), None)
+
+    torch.library.register_autograd("mambaic::selective_scan_fwd_cpu", backward, setup_context=setup_context)
 
     def selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
-        inputs = (u, delta, A, B, C, D, delta_bias)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-            return _SelectiveScan.apply(*inputs, delta_softplus)
-        return forward_fp32(*inputs, delta_softplus).to(u.dtype)
+        return selective_scan_fwd_cpu(u, delta, A, B, C, D, delta_bias, bool(delta_softplus))
 
     return selective_scan

@@ -42,3 +42,39 @@ def test_opcheck_triton(name):
         pytest.skip(f"triton backend unavailable: {reason}")
     op = getattr(torch.ops.mambaic, name)
     torch.library.opcheck(op, _samples()[name], test_utils=UTILS)
+
+
+def _compiled_samples():
+    """Inputs of the ops of the compiled backends (cpu: C++, cuda: CUDA C++), on DEVICE."""
+    f = dict(device=DEVICE, dtype=torch.float32)
+    g = lambda *s: torch.randn(*s, **f).requires_grad_()  # noqa: E731
+    scan = (g(2, 8, 37), torch.rand(2, 8, 37, **f).requires_grad_(), (-torch.rand(8, 16, **f) - 0.1).requires_grad_(),
+            g(2, 4, 16, 37), g(2, 4, 16, 37), g(8), g(8), True)  # fmt: skip
+    core = (g(2, 6, 5, 7), g(4, 10, 6) / 3, g(4, 6, 2) / 2, (torch.randn(4, 6, **f) - 2).requires_grad_(),
+            torch.rand(24, 4, **f).requires_grad_(), g(24))  # fmt: skip
+    return {
+        "cross_scan_cpu": (g(2, 3, 5, 7), False),
+        "cross_merge_cpu": (g(2, 4, 3, 5, 7), True),
+        "selective_scan_fwd_cpu": scan,
+        "ss2d_core_fwd_cpu": core,
+        "selective_scan_fwd_cuda": scan,
+        "ss2d_core_fwd_cuda": core,
+    }
+
+
+COMPILED_OPS = [pytest.param(name.rsplit("_", 1)[1], name, id=name)
+                for name in ("cross_scan_cpu", "cross_merge_cpu", "selective_scan_fwd_cpu", "ss2d_core_fwd_cpu",
+                             "selective_scan_fwd_cuda", "ss2d_core_fwd_cuda")]
+
+
+@pytest.mark.parametrize("backend, name", COMPILED_OPS)
+def test_opcheck_compiled(backend, name):
+    if backend != DEVICE:
+        pytest.skip(f"{name} takes {backend} tensors; this run's tensors are on {DEVICE}")
+    reason = _backend._load(backend)
+    if reason is not None:
+        pytest.skip(f"{backend} backend unavailable: {reason}")
+    op = getattr(torch.ops.mambaic, name)
+    torch.library.opcheck(op, _compiled_samples()[name],
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor",
+                                      "test_aot_dispatch_dynamic"))  # fmt: skip
