@@ -189,11 +189,17 @@ def op_breakdown(model, x, device: str) -> dict:
 # ---------------------------------------------------------------- one (resolution, backend)
 
 
-def run_one(model, x, backend: str, args, clock: Clock) -> dict:
+def run_one(model, x, backend: str, args, clock: Clock, compiled: bool = False) -> dict:
+    """Every stage of args.stages on one backend; compiled: the forward alone, through
+    torch.compile(model) (compress and decompress drive the entropy coder from Python)."""
     import mambaic_kernels as mk
     from mambaic_kernels import _backend
 
-    record = {"backend": backend}
+    record = {"backend": backend + ("+compile" if compiled else "")}
+    stages = ["forward"] if compiled else args.stages
+    if compiled:
+        torch._dynamo.reset()  # a fresh compilation for this backend
+        model = torch.compile(model)
     autocast = (torch.autocast(x.device.type, dtype=DTYPES[args.dtype]) if args.dtype != "fp32"
                 else contextlib.nullcontext())
     with mk.use_backend(backend), torch.no_grad(), _backend.recording() as used:
@@ -213,10 +219,12 @@ def run_one(model, x, backend: str, args, clock: Clock) -> dict:
             model.decompress(strings, shape)
 
         for stage, fn in zip(STAGES, (forward, compress, decompress)):
-            if stage not in args.stages:
+            if stage not in stages:
                 continue
             try:
                 fn()  # the first warm-up compiles and autotunes: never a measurement
+                if compiled:
+                    fn()  # dynamo recompiles once: the backend record it traced through filled in
                 clock.sync()
                 clock.reset_peak()
                 first = clock.time_ms(fn)
@@ -240,7 +248,7 @@ def run_one(model, x, backend: str, args, clock: Clock) -> dict:
                 record["decompress"] = "skipped (compress failed)"
                 args.progress()
                 break
-        if isinstance(record.get("forward"), dict):
+        if isinstance(record.get("forward"), dict) and not compiled:  # module hooks see the eager model
             try:
                 with autocast:
                     # each breakdown costs a forward, and the profiler ~10 us per kernel it records:
@@ -372,6 +380,8 @@ def main(argv=None) -> int:
                              "(default: 3 on a GPU, no limit on CPU)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
                         help="stages to time (default: all; decompress needs compress)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time each backend's forward through torch.compile(model), beside eager")
     parser.add_argument("--max-seconds", type=float, default=60.0, metavar="S",
                         help="skip larger resolutions for a backend whose forward took longer than S seconds")
     args = parser.parse_args(argv)
@@ -428,7 +438,7 @@ def main(argv=None) -> int:
     results = []
     too_slow = {}  # backend -> why larger resolutions are skipped
     args.res = sorted(args.res, key=lambda r: r[1] * r[2])  # small first, so a slow backend stops early
-    total = len(args.res) * len(backends) * len(args.stages)
+    total = len(args.res) * len(backends) * (len(args.stages) + args.compile)
     with tqdm(total=total, desc="latency", unit="stage", file=sys.stderr) as bar:
         args.progress = bar.update
         for name, width, height in args.res:
@@ -439,17 +449,19 @@ def main(argv=None) -> int:
                 x = torch.rand(args.batch, 3, H, W, device=device)
             except torch.cuda.OutOfMemoryError:
                 res["backends"] = [{"backend": b, **{s: "OOM" for s in args.stages}} for b in backends]
-                bar.update(len(backends) * len(args.stages))
+                bar.update(len(backends) * (len(args.stages) + args.compile))
                 results.append(res)
                 continue
             for backend in backends:
                 bar.set_postfix_str(f"{name} {W}x{H} {backend}")
                 if backend in too_slow:
                     res["backends"].append({"backend": backend, **{s: f"skipped ({too_slow[backend]})" for s in args.stages}})
-                    bar.update(len(args.stages))
+                    bar.update(len(args.stages) + args.compile)
                     continue
                 rec = run_one(model, x, backend, args, Clock(device))
                 res["backends"].append(rec)
+                if args.compile:
+                    res["backends"].append(run_one(model, x, backend, args, Clock(device), compiled=True))
                 fwd = rec.get("forward")
                 if isinstance(fwd, dict) and fwd["p50_ms"] > args.max_seconds * 1e3:
                     too_slow[backend] = f"forward took {fwd['p50_ms'] / 1e3:.0f} s at {name}"
