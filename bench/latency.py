@@ -108,6 +108,41 @@ class Clock:
         return (time.perf_counter() - t) * 1e3
 
 
+# Peak memory of one fp32 forward, batch 1, official configuration: MiB = fixed + per megapixel of
+# the padded input, per (backend, device), fitted to peaks measured on 2026-11-29 (bench/RESULTS.md:
+# H200 at 768x512, 2048x1536 and 3840x2176; the 2-core CPU machine at 768x512 and 2048x1536).
+# Used only to skip a size that cannot fit before it is tried (a run the kernel kills for memory
+# says nothing); never reported as a measurement. Batch scales the per-megapixel part.
+PEAK_MIB = {
+    ("cpu", "cpu"): (1_470, 2_660),  # 2,518 MiB / 9,846 MiB
+    ("torch", "cpu"): (1_500, 13_500),  # like its CUDA peak: every (batch, 4, dim, L) copy kept
+    ("torch", "cuda"): (500, 13_500),  # 42.2 GiB at 2048x1536 (H100, 2026-11-25)
+    ("triton", "cuda"): (520, 2_630),  # 1,543 / 8,708 / 22,267 MiB
+    ("cuda", "cuda"): (530, 2_710),  # auto: 1,572 / 8,987 / 23,024 MiB
+    ("vmamba", "cuda"): (510, 9_110),  # 4,068 / 28,955 / 76,062 MiB
+}
+
+
+def estimated_peak_mib(backend: str, device: str, width: int, height: int, batch: int) -> float | None:
+    """The forward's expected peak (MiB) from PEAK_MIB, None for a backend without figures."""
+    name = backend.removesuffix("+compile")
+    if name == "auto":
+        name = "cuda" if device == "cuda" else "cpu"
+    if (name, device) not in PEAK_MIB:
+        return None
+    fixed, per_mpix = PEAK_MIB[name, device]
+    return fixed + per_mpix * batch * width * height / 1e6
+
+
+def available_mib(device: str) -> float:
+    """Memory a run can still take: free GPU memory, or the host's MemAvailable."""
+    if device == "cuda":
+        return torch.cuda.mem_get_info()[0] / 2**20
+    with open("/proc/meminfo") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["MemAvailable"].split()[0]) / 1024
+
+
 def spread(times: list[float]) -> dict:
     if len(times) >= 2:
         q = statistics.quantiles(times, n=10)
@@ -380,6 +415,8 @@ def main(argv=None) -> int:
                              "(default: 3 on a GPU, no limit on CPU)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
                         help="stages to time (default: all; decompress needs compress)")
+    parser.add_argument("--ignore-memory-estimate", action="store_true",
+                        help="run every size, even one whose expected peak exceeds the memory available")
     parser.add_argument("--compile", action="store_true",
                         help="also time each backend's forward through torch.compile(model), beside eager")
     parser.add_argument("--max-seconds", type=float, default=60.0, metavar="S",
@@ -456,6 +493,16 @@ def main(argv=None) -> int:
                 bar.set_postfix_str(f"{name} {W}x{H} {backend}")
                 if backend in too_slow:
                     res["backends"].append({"backend": backend, **{s: f"skipped ({too_slow[backend]})" for s in args.stages}})
+                    bar.update(len(args.stages) + args.compile)
+                    continue
+                need = estimated_peak_mib(backend, device, W, H, args.batch)
+                have = available_mib(device)
+                if need is not None and need > 0.9 * have and not args.ignore_memory_estimate:
+                    why = f"needs about {need / 1024:.1f} GiB, {have / 1024:.1f} GiB available"
+                    hint = "--backend cpu, " if backend == "torch" and device == "cpu" else ""
+                    print(f"{name} {W}x{H} {backend}: skipped: a forward {why}; try {hint}--res kodak or a smaller "
+                          f"WxH (--ignore-memory-estimate runs it anyway)", file=sys.stderr)
+                    res["backends"].append({"backend": backend, **{s: f"skipped ({why})" for s in args.stages}})
                     bar.update(len(args.stages) + args.compile)
                     continue
                 rec = run_one(model, x, backend, args, Clock(device))

@@ -48,6 +48,20 @@ _BACKEND_MODULES = {
 }
 
 
+def announce_build(backend: str, name: str, seconds: int) -> None:
+    """Say on stderr that ``backend``'s extension ``name`` is about to compile, when PyTorch's
+    extension cache holds no build of it yet: the first call would otherwise sit silent."""
+    import sys
+    from pathlib import Path
+
+    from torch.utils import cpp_extension
+
+    build_dir = cpp_extension._get_build_directory(name, verbose=False)
+    if not any(Path(build_dir).glob("*.so")):
+        print(f"mambaic: compiling the {backend} backend's kernels for this machine (about {seconds} s, once; "
+              f"cached in {build_dir})...", file=sys.stderr, flush=True)
+
+
 class BackendUnavailableError(RuntimeError):
     """An explicitly requested backend cannot run the call (not installed, no GPU, build failed)."""
 

@@ -82,3 +82,13 @@ def test_use_backend_per_op_and_recording(monkeypatch):
     with pytest.raises(ValueError, match="use_backend: 'fast' is not a backend"):
         with mk.use_backend({"cross_scan": "fast"}):
             pass
+
+
+def test_first_build_is_announced(tmp_path, monkeypatch, capsys):
+    """A backend that compiles on first use says so before the silent minute, and only then."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    _backend.announce_build("cpu", "some_extension", 60)
+    assert "compiling the cpu backend's kernels for this machine (about 60 s, once" in capsys.readouterr().err
+    (tmp_path / "some_extension" / "some_extension.so").write_bytes(b"")
+    _backend.announce_build("cpu", "some_extension", 60)
+    assert capsys.readouterr().err == ""

@@ -27,6 +27,7 @@ def _build():
     from torch.utils import cpp_extension
 
     csrc = Path(__file__).parent / "csrc"
+    _backend.announce_build("cpu", "mambaic_cpu_selective_scan", 60)
     try:
         return cpp_extension.load(
             name="mambaic_cpu_selective_scan",
@@ -55,8 +56,8 @@ def _ss2d_core_fused(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, D
     """The forward, one C++ scan per direction into two float32 accumulators (the layout of the
     triton backend's fused core, kernels/triton/ss2d_core.py): the column-major pair (k = 1, 3)
     on u's transposed copy, then the row-major pair on u; the reversed directions read their
-    sequence backwards in place; delta from one matmul per direction into a shared buffer. At
-    most four (batch, dim, L) maps live, against the stacked composition's twelve."""
+    sequence backwards in place; delta computed in the scan from the x_proj output's R rows. At
+    most three (batch, dim, L) maps live besides u, against the stacked composition's twelve."""
     f = torch.float32
     batch, D, H, W = u.shape
     L = H * W
@@ -64,9 +65,8 @@ def _ss2d_core_fused(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, D
     C = R + 2 * N
     A = (-torch.exp(A_logs.to(f))).view(4, D, N)
     skip, bias = Ds.to(f).view(4, D), dt_projs_bias.to(f).contiguous()
-    w_x, w_dt = x_proj_weight.to(f), dt_projs_weight.to(f)
+    w_x, w_dt = x_proj_weight.to(f), dt_projs_weight.to(f).contiguous()
     u = u.to(f)
-    delta = u.new_empty((batch, D, L))
     acc = {}
     for first in (1, 0):
         seq = (u.transpose(2, 3) if first == 1 else u).reshape(batch, D, L).contiguous()
@@ -74,11 +74,10 @@ def _ss2d_core_fused(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, D
         acc[first] = u.new_empty((batch, D, L))
         for k in (first, first + 2):
             rows = dbl[:, (k // 2) * C : (k // 2 + 1) * C]
-            torch.matmul(w_dt[k], rows[:, :R], out=delta)
-            _ext.ss2d_direction_fwd(seq, delta, A[k].contiguous(), rows[:, R : R + N], rows[:, R + N :],
-                                    skip[k].contiguous(), bias[k].contiguous(), acc[first], k >= 2, k >= 2)  # fmt: skip
+            _ext.ss2d_direction_fwd(seq, rows[:, :R], w_dt[k], A[k].contiguous(), rows[:, R : R + N],
+                                    rows[:, R + N :], skip[k].contiguous(), bias[k].contiguous(), acc[first],
+                                    k >= 2, k >= 2)  # fmt: skip
         del seq, dbl
-    del delta
     out = u.new_empty((batch, H, W, D))
     # rows + cols transposed back, written channel-last (the layout out_norm reads)
     torch.add(acc[0].view(batch, D, H, W).permute(0, 2, 3, 1), acc[1].view(batch, D, W, H).permute(0, 3, 2, 1),

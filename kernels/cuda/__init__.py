@@ -33,6 +33,9 @@ def _build():
     from torch.utils import cpp_extension
 
     sources = sorted(str(p) for p in CSRC.glob("*.cpp")) + sorted(str(p) for p in CSRC.glob("*.cu"))
+    from .. import _backend
+
+    _backend.announce_build("cuda", "mambaic_cuda_kernels", 30)
     try:
         return cpp_extension.load(name="mambaic_cuda_kernels", sources=sources, extra_cflags=["-O3"],
                                   extra_cuda_cflags=["-O3", "-lineinfo"], verbose=False)  # fmt: skip

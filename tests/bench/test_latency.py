@@ -75,3 +75,18 @@ def test_commit_is_marked_when_the_tree_differs(monkeypatch, tmp_path):
     assert timing.git_commit(tmp_path) == head
     (tmp_path / "f.py").write_text("a = 2\n")
     assert timing.git_commit(tmp_path) == head + "+modified"
+
+
+def test_size_that_cannot_fit_is_skipped_with_a_reason(tmp_path, monkeypatch, capsys):
+    """A size whose expected peak exceeds the free memory is skipped, saying what it needs, before
+    the kernel can kill the run for memory."""
+    monkeypatch.setattr(latency, "available_mib", lambda device: 100.0)
+    out = tmp_path / "lat.json"
+    rc = latency.main(["--res", "2K", "--device", "cpu", "--backend", "torch", "--config", "8,10,0,0,1,0",
+                       "--stages", "forward", "--json", str(out)])
+    assert rc == 0
+    (rec,) = json.loads(out.read_text())["results"][0]["backends"]
+    assert rec["forward"] == "skipped (needs about 42.9 GiB, 0.1 GiB available)"
+    err = capsys.readouterr().err
+    assert "2K 2048x1536 torch: skipped: a forward needs about 42.9 GiB" in err
+    assert "try --backend cpu, --res kodak or a smaller WxH (--ignore-memory-estimate runs it anyway)" in err

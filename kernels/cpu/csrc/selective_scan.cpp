@@ -28,10 +28,12 @@ constexpr int64_t kChannelBlock = 32;  // channels of one group per task: enough
 // Step t reads and writes position t of its rows, or L - 1 - t when `reverse` (ss2d_core's
 // reversed scan directions, read in place); `accumulate` adds y to what y already holds.
 // The direction is a template argument so that the step loops keep a constant stride (they vectorise).
+// Delta is read from `delta`, or (ss2d_core) computed per step from the R rows of `proj`, the
+// delta-rank part of the x_proj output, as w[c] . proj[:, t]: no delta tensor is written.
 template <int kN, bool kReverse>
-void scan_block(const float* u, const float* delta, const float* A, const float* B, const float* C,
-                const float* D, const float* bias, float* y, int64_t L, int64_t n_state, int64_t c0,
-                int64_t c1, bool delta_softplus, bool accumulate, float* Bt, float* Ct,
+void scan_block(const float* u, const float* delta, const float* proj, const float* w, int64_t R, const float* A,
+                const float* B, const float* C, const float* D, const float* bias, float* y, int64_t L,
+                int64_t n_state, int64_t c0, int64_t c1, bool delta_softplus, bool accumulate, float* Bt, float* Ct,
                 float* dts, float* dtus, float* states) {
   const int64_t N = kN > 0 ? kN : n_state;
   constexpr int64_t step = kReverse ? -1 : 1;
@@ -49,14 +51,23 @@ void scan_block(const float* u, const float* delta, const float* A, const float*
       float* h = states + (c - c0) * N;
       const float* a = A + c * N;
       const float* uc = u + c * L + p0;
-      const float* dc = delta + c * L + p0;
+      const float* dc = proj ? nullptr : delta + c * L + p0;
+      const float* wc = proj ? w + c * R : nullptr;
       float* yc = y + c * L + p0;
       const float b = bias ? bias[c] : 0.f;
       const float skip = D ? D[c] : 0.f;
       // step sizes of the chunk first, in a loop over t that vectorises (softplus is an exp and a
       // log1p: done per step inside the recurrence it cost more than the N exps of the states)
+      if (proj) {  // delta before the bias: w[c] @ the chunk's R rows, one vectorised pass per row
+        std::fill(dts, dts + tn, b);
+        for (int64_t r = 0; r < R; ++r) {
+          const float wr = wc[r];
+          const float* pr = proj + r * L + p0;
+          for (int64_t t = 0; t < tn; ++t) dts[t] += wr * pr[step * t];
+        }
+      }
       for (int64_t t = 0; t < tn; ++t) {
-        const float x = dc[step * t] + b;
+        const float x = proj ? dts[t] : dc[step * t] + b;
         dts[t] = delta_softplus ? (x <= 20.f ? std::log1p(std::exp(x)) : x) : x;
         dtus[t] = dts[t] * uc[step * t];
       }
@@ -80,9 +91,11 @@ void scan_block(const float* u, const float* delta, const float* A, const float*
 
 // The scan over (batch, group, block of channels) tasks. B and C rows of image b, group k start at
 // B + b * bc_batch_stride + k * N * L (rows of L steps, contiguous).
-void scan_all(const float* pu, const float* pd, const float* pA, const float* pB, const float* pC,
-              const float* pD, const float* pbias, float* py, int64_t batch, int64_t KD, int64_t K, int64_t N,
-              int64_t L, int64_t bc_batch_stride, bool delta_softplus, bool reverse, bool accumulate) {
+// proj (with w and R): the delta-rank rows of image b at proj + b * bc_batch_stride, or null to read pd.
+void scan_all(const float* pu, const float* pd, const float* proj, const float* w, int64_t R, const float* pA,
+              const float* pB, const float* pC, const float* pD, const float* pbias, float* py, int64_t batch,
+              int64_t KD, int64_t K, int64_t N, int64_t L, int64_t bc_batch_stride, bool delta_softplus, bool reverse,
+              bool accumulate) {
   const int64_t G = KD / K;
   const int64_t blocks = (G + kChannelBlock - 1) / kChannelBlock;
   at::parallel_for(0, batch * K * blocks, 1, [&](int64_t begin, int64_t end) {
@@ -97,7 +110,8 @@ void scan_all(const float* pu, const float* pd, const float* pA, const float* pB
       auto run = [&](auto n_tag, auto reverse_tag) {
         constexpr int kN = decltype(n_tag)::value;
         constexpr bool kReverse = decltype(reverse_tag)::value;
-        scan_block<kN, kReverse>(pu + off, pd + off, pA + d0 * N, Bg, Cg, pD ? pD + d0 : nullptr,
+        scan_block<kN, kReverse>(pu + off, proj ? nullptr : pd + off, proj ? proj + b * bc_batch_stride : nullptr,
+                                 proj ? w + d0 * R : nullptr, R, pA + d0 * N, Bg, Cg, pD ? pD + d0 : nullptr,
                                  pbias ? pbias + d0 : nullptr, py + off, L, N, c0, c1, delta_softplus, accumulate,
                                  Bt.data(), Ct.data(), dts.data(), dtus.data(), states.data());
       };
@@ -131,35 +145,40 @@ torch::Tensor selective_scan_fwd_cpu(const torch::Tensor& u, const torch::Tensor
   const int64_t K = B.size(1), N = A.size(1);
   TORCH_CHECK(K > 0 && KD % K == 0, "selective_scan_fwd_cpu: K = B.shape[1] must divide KD = ", KD);
   auto y = torch::empty_like(u);
-  scan_all(u.data_ptr<float>(), delta.data_ptr<float>(), A.data_ptr<float>(), B.data_ptr<float>(), C.data_ptr<float>(),
+  scan_all(u.data_ptr<float>(), delta.data_ptr<float>(), nullptr, nullptr, 0, A.data_ptr<float>(), B.data_ptr<float>(),
+           C.data_ptr<float>(),
            D ? D->data_ptr<float>() : nullptr, delta_bias ? delta_bias->data_ptr<float>() : nullptr, y.data_ptr<float>(),
            batch, KD, K, N, L, K * N * L, delta_softplus, /*reverse=*/false, /*accumulate=*/false);
   return y;
 }
 
-// One scan direction of ss2d_core (kernels/cpu/__init__.py): the sequence seq (batch, D, L), its
-// delta (before the bias), and B, C as (batch, N, L) views into the x_proj output (rows of L steps,
-// any batch stride); y goes into (accumulate: is added to) acc at each step's position, which is
-// L - 1 - step when `reverse`. delta_softplus is always on, as in SS2D.
-void ss2d_direction_fwd_cpu(const torch::Tensor& seq, const torch::Tensor& delta, const torch::Tensor& A,
-                            const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
-                            const torch::Tensor& delta_bias, torch::Tensor& acc, bool reverse, bool accumulate) {
+// One scan direction of ss2d_core (kernels/cpu/__init__.py): the sequence seq (batch, D, L); the
+// x_proj output's rows of this direction as (batch, rows, L) views (rows of L contiguous steps, any
+// batch stride): proj (R delta-rank rows), B and C (N each); w (D, R), so that delta before the bias
+// is w @ proj, computed in the scan; y goes into (accumulate: is added to) acc at each step's
+// position, which is L - 1 - step when `reverse`. delta_softplus is always on, as in SS2D.
+void ss2d_direction_fwd_cpu(const torch::Tensor& seq, const torch::Tensor& proj, const torch::Tensor& w,
+                            const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& C,
+                            const torch::Tensor& D, const torch::Tensor& delta_bias, torch::Tensor& acc, bool reverse,
+                            bool accumulate) {
   CHECK_INPUT(seq, "seq");
-  CHECK_INPUT(delta, "delta");
+  CHECK_INPUT(w, "w");
   CHECK_INPUT(A, "A");
   CHECK_INPUT(D, "D");
   CHECK_INPUT(delta_bias, "delta_bias");
   CHECK_INPUT(acc, "acc");
-  const int64_t batch = seq.size(0), KD = seq.size(1), L = seq.size(2), N = A.size(1);
-  for (const auto* t : {&B, &C}) {
+  const int64_t batch = seq.size(0), KD = seq.size(1), L = seq.size(2), N = A.size(1), R = w.size(1);
+  TORCH_CHECK(w.dim() == 2 && w.size(0) == KD, "ss2d_direction_fwd_cpu: w must be (D, R) = (", KD, ", R)");
+  for (auto [t, rows] : {std::pair{&proj, R}, {&B, N}, {&C, N}}) {
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->dim() == 3 && t->size(0) == batch &&
-                    t->size(1) == N && t->size(2) == L && t->stride(2) == 1 && t->stride(1) == L &&
+                    t->size(1) == rows && t->size(2) == L && t->stride(2) == 1 && t->stride(1) == L &&
                     t->stride(0) == B.stride(0),
-                "ss2d_direction_fwd_cpu: B and C must be float32 (batch, N, L) views with rows of L contiguous steps");
+                "ss2d_direction_fwd_cpu: proj, B and C must be float32 (batch, rows, L) views with rows of L "
+                "contiguous steps and one batch stride");
   }
-  scan_all(seq.data_ptr<float>(), delta.data_ptr<float>(), A.data_ptr<float>(), B.data_ptr<float>(),
-           C.data_ptr<float>(), D.data_ptr<float>(), delta_bias.data_ptr<float>(), acc.data_ptr<float>(), batch, KD,
-           /*K=*/1, N, L, B.stride(0), /*delta_softplus=*/true, reverse, accumulate);
+  scan_all(seq.data_ptr<float>(), nullptr, proj.data_ptr<float>(), w.data_ptr<float>(), R, A.data_ptr<float>(),
+           B.data_ptr<float>(), C.data_ptr<float>(), D.data_ptr<float>(), delta_bias.data_ptr<float>(),
+           acc.data_ptr<float>(), batch, KD, /*K=*/1, N, L, B.stride(0), /*delta_softplus=*/true, reverse, accumulate);
 }
 
 torch::Tensor cross_scan_cpu(const torch::Tensor& x, bool channel_last);
