@@ -46,7 +46,7 @@ _ext = _build()
 from .cross_scan import make_cross_ops  # noqa: E402
 from .selective_scan import make_selective_scan  # noqa: E402
 
-from ..pytorch.ss2d_core import recomputed_grads  # noqa: E402
+from ..pytorch.ss2d_core import register_fused_core  # noqa: E402
 
 selective_scan = make_selective_scan(_ext)
 cross_scan, cross_merge = make_cross_ops(_ext)
@@ -94,21 +94,7 @@ def ss2d_core_fwd_cpu(
     return _ss2d_core_fused(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds).to(u.dtype)
 
 
-@ss2d_core_fwd_cpu.register_fake
-def _(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
-    batch, D, H, W = u.shape
-    return u.new_empty((batch, H, W, D))
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx, dout):
-    return recomputed_grads(selective_scan, ctx.saved_tensors, ctx.needs_input_grad, dout)
-
-
-torch.library.register_autograd("mambaic::ss2d_core_fwd_cpu", _backward, setup_context=_setup_context)
+register_fused_core(ss2d_core_fwd_cpu, lambda: selective_scan)
 
 
 def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):

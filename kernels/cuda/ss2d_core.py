@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .. import _backend
-from ..pytorch.ss2d_core import recomputed_grads
+from ..pytorch.ss2d_core import register_fused_core
 from . import _ext
 from . import selective_scan as _scan
 
@@ -57,23 +57,13 @@ def ss2d_core_fwd_cuda(
     return out.view(batch, H, W, D).to(dtype)
 
 
-@ss2d_core_fwd_cuda.register_fake
-def _(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
-    batch, D, H, W = u.shape
-    return u.new_empty((batch, H, W, D))
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx, dout):
+def _triton_scan():
     from ..triton import selective_scan as triton_scan
 
-    return recomputed_grads(triton_scan.selective_scan, ctx.saved_tensors, ctx.needs_input_grad, dout)
+    return triton_scan.selective_scan
 
 
-torch.library.register_autograd("mambaic::ss2d_core_fwd_cuda", _backward, setup_context=_setup_context)
+register_fused_core(ss2d_core_fwd_cuda, _triton_scan)
 
 
 def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):

@@ -81,6 +81,24 @@ def recomputed_grads(selective_scan, inputs, needs_grad, dout):
     return tuple(leaf.grad if needs else None for leaf, needs in zip(leaves, needs_grad))
 
 
+def register_fused_core(op, scan) -> None:
+    """Give a backend's fused ss2d_core custom op (its inputs: ss2d_core's six) its fake kernel and
+    the recomputing backward (recomputed_grads) over the selective scan that ``scan()`` returns."""
+
+    @op.register_fake
+    def _(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
+        batch, D, H, W = u.shape
+        return u.new_empty((batch, H, W, D))
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, dout):
+        return recomputed_grads(scan(), ctx.saved_tensors, ctx.needs_input_grad, dout)
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
 def make_ss2d_core(selective_scan):
     """ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds) over one backend's scan
     (called with the backend signature: u, delta, A, B, C, D, delta_bias, delta_softplus)."""
