@@ -6,7 +6,8 @@ or, without it, compiled with nvcc the first time the backend loads on a machine
 kernels yet: ``auto`` takes them from the next backend, and an explicit ``cuda`` request for them
 is an error that says so.
 
-Forward only for now: the backward of both ops recomputes with the triton kernels.
+Both ops have CUDA backward passes: the selective scan's from the tile states its forward saves,
+the SS2D core's by recomputing one direction at a time over that scan.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ dim, L) tensor and no delta in memory.
 
 Live (batch, dim, L) float32 maps besides u: cols and the two accumulators (plus both dbl, 2 (R +
 2N) / dim of a map each), then the rows accumulator and the output. The backward recomputes one
-direction at a time over the triton scan (kernels/pytorch/ss2d_core.py: recomputed_grads).
+direction at a time over the cuda selective scan, forward with tile states then backward
+(kernels/pytorch/ss2d_core.py: recomputed_grads).
 """
 
 from __future__ import annotations
@@ -57,13 +58,7 @@ def ss2d_core_fwd_cuda(
     return out.view(batch, H, W, D).to(dtype)
 
 
-def _triton_scan():
-    from ..triton import selective_scan as triton_scan
-
-    return triton_scan.selective_scan
-
-
-register_fused_core(ss2d_core_fwd_cuda, _triton_scan)
+register_fused_core(ss2d_core_fwd_cuda, lambda: _scan.selective_scan)
 
 
 def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):

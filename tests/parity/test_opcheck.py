@@ -52,19 +52,25 @@ def _compiled_samples():
             g(2, 4, 16, 37), g(2, 4, 16, 37), g(8), g(8), True)  # fmt: skip
     core = (g(2, 6, 5, 7), g(4, 10, 6) / 3, g(4, 6, 2) / 2, (torch.randn(4, 6, **f) - 2).requires_grad_(),
             torch.rand(24, 4, **f).requires_grad_(), g(24))  # fmt: skip
-    return {
-        "cross_scan_cpu": (g(2, 3, 5, 7), False),
-        "cross_merge_cpu": (g(2, 4, 3, 5, 7), True),
-        "selective_scan_fwd_cpu": scan,
-        "ss2d_core_fwd_cpu": core,
-        "selective_scan_fwd_cuda": scan,
-        "ss2d_core_fwd_cuda": core,
+
+    def scan_bwd():  # the backward op's inputs: the forward's saved tile states and a fresh dy
+        states = torch.ops.mambaic.selective_scan_fwd_cuda(*scan, True)[1].detach()
+        return (*(t.detach() if isinstance(t, torch.Tensor) else t for t in scan), torch.randn(2, 8, 37, **f), states)
+
+    return {  # built on demand: the cuda samples run a cuda op
+        "cross_scan_cpu": lambda: (g(2, 3, 5, 7), False),
+        "cross_merge_cpu": lambda: (g(2, 4, 3, 5, 7), True),
+        "selective_scan_fwd_cpu": lambda: scan,
+        "ss2d_core_fwd_cpu": lambda: core,
+        "selective_scan_fwd_cuda": lambda: (*scan, True),
+        "selective_scan_bwd_cuda": scan_bwd,
+        "ss2d_core_fwd_cuda": lambda: core,
     }
 
 
 COMPILED_OPS = [pytest.param(name.rsplit("_", 1)[1], name, id=name)
                 for name in ("cross_scan_cpu", "cross_merge_cpu", "selective_scan_fwd_cpu", "ss2d_core_fwd_cpu",
-                             "selective_scan_fwd_cuda", "ss2d_core_fwd_cuda")]
+                             "selective_scan_fwd_cuda", "selective_scan_bwd_cuda", "ss2d_core_fwd_cuda")]
 
 
 @pytest.mark.parametrize("backend, name", COMPILED_OPS)
@@ -75,6 +81,6 @@ def test_opcheck_compiled(backend, name):
     if reason is not None:
         pytest.skip(f"{backend} backend unavailable: {reason}")
     op = getattr(torch.ops.mambaic, name)
-    torch.library.opcheck(op, _compiled_samples()[name],
+    torch.library.opcheck(op, _compiled_samples()[name](),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor",
                                       "test_aot_dispatch_dynamic"))  # fmt: skip

@@ -35,9 +35,13 @@ void launch_checked(const mambaic::ScanFwdParams& p) {
 }
 
 // The public op: u, delta (batch, KD, L); A (KD, N); B, C (batch, K, N, L); D, delta_bias (KD,).
-at::Tensor selective_scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-                              const at::Tensor& C, const c10::optional<at::Tensor>& D,
-                              const c10::optional<at::Tensor>& delta_bias, bool delta_softplus) {
+// With save_states, also the state entering every tile of 512 steps, (batch, KD, tiles, N), for the
+// backward; otherwise an empty tensor in its place.
+std::tuple<at::Tensor, at::Tensor> selective_scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                                      const at::Tensor& B, const at::Tensor& C,
+                                                      const c10::optional<at::Tensor>& D,
+                                                      const c10::optional<at::Tensor>& delta_bias, bool delta_softplus,
+                                                      bool save_states) {
   for (auto [t, name] : {std::pair{&u, "u"}, {&delta, "delta"}, {&A, "A"}, {&B, "B"}, {&C, "C"}}) {
     check_cuda_fp32(*t, name);
     TORCH_CHECK(t->is_contiguous(), name, " must be contiguous");
@@ -49,10 +53,12 @@ at::Tensor selective_scan_fwd(const at::Tensor& u, const at::Tensor& delta, cons
   check_shape(B, "B", {batch, groups, states, length});
   check_shape(C, "C", {batch, groups, states, length});
   auto y = at::empty_like(u);
+  auto tile_states = save_states ? u.new_empty({batch, channels, (length + mambaic::kScanTile - 1) / mambaic::kScanTile, states})
+                                 : u.new_empty({0});
   mambaic::ScanFwdParams p{};
   p.dir[0] = {u.data_ptr<float>(), delta.data_ptr<float>(), nullptr, nullptr, A.data_ptr<float>(), B.data_ptr<float>(),
               C.data_ptr<float>(), optional_ptr(D, "D", channels), optional_ptr(delta_bias, "delta_bias", channels),
-              y.data_ptr<float>(), false};
+              y.data_ptr<float>(), false, save_states ? tile_states.data_ptr<float>() : nullptr};
   p.directions = 1;
   p.batch = batch, p.channels = channels, p.groups = groups, p.states = states, p.length = length;
   p.u_batch = u.stride(0), p.u_channel = u.stride(1);
@@ -60,7 +66,49 @@ at::Tensor selective_scan_fwd(const at::Tensor& u, const at::Tensor& delta, cons
   p.y_batch = y.stride(0), p.y_channel = y.stride(1);
   p.softplus = delta_softplus, p.accumulate = false;
   launch_checked(p);
-  return y;
+  return {y, tile_states};
+}
+
+// The gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias) of the public op from dy and the tile
+// states of selective_scan_fwd(..., save_states=true); dD and ddelta_bias are zeros when D or
+// delta_bias is absent.
+std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                           const at::Tensor& B, const at::Tensor& C, const c10::optional<at::Tensor>& D,
+                                           const c10::optional<at::Tensor>& delta_bias, bool delta_softplus,
+                                           const at::Tensor& dy, const at::Tensor& tile_states) {
+  for (auto [t, name] : {std::pair{&u, "u"}, {&delta, "delta"}, {&A, "A"}, {&B, "B"}, {&C, "C"}, {&dy, "dy"},
+                         {&tile_states, "tile_states"}}) {
+    check_cuda_fp32(*t, name);
+    TORCH_CHECK(t->is_contiguous(), name, " must be contiguous");
+  }
+  c10::cuda::CUDAGuard guard(u.device());
+  const int64_t batch = u.size(0), channels = u.size(1), length = u.size(2), groups = B.size(1), states = A.size(1);
+  check_shape(delta, "delta", u.sizes());
+  check_shape(dy, "dy", u.sizes());
+  check_shape(A, "A", {channels, states});
+  check_shape(B, "B", {batch, groups, states, length});
+  check_shape(C, "C", {batch, groups, states, length});
+  check_shape(tile_states, "tile_states", {batch, channels, (length + mambaic::kScanTile - 1) / mambaic::kScanTile, states});
+  auto du = at::empty_like(u), ddelta = at::empty_like(u);
+  auto dB = at::zeros_like(B), dC = at::zeros_like(C);
+  auto dA_part = u.new_empty({batch, channels, states});
+  auto dD_part = u.new_empty({batch, channels}), dbias_part = u.new_empty({batch, channels});
+  mambaic::ScanBwdParams p{};
+  p.u = u.data_ptr<float>(), p.delta = delta.data_ptr<float>(), p.A = A.data_ptr<float>();
+  p.B = B.data_ptr<float>(), p.C = C.data_ptr<float>();
+  p.D = optional_ptr(D, "D", channels), p.delta_bias = optional_ptr(delta_bias, "delta_bias", channels);
+  p.dy = dy.data_ptr<float>(), p.tile_states = tile_states.data_ptr<float>();
+  p.du = du.data_ptr<float>(), p.ddelta = ddelta.data_ptr<float>(), p.dB = dB.data_ptr<float>(), p.dC = dC.data_ptr<float>();
+  p.dA_part = dA_part.data_ptr<float>(), p.dD_part = dD_part.data_ptr<float>(), p.dbias_part = dbias_part.data_ptr<float>();
+  p.batch = batch, p.channels = channels, p.groups = groups, p.states = states, p.length = length;
+  p.u_batch = u.stride(0), p.u_channel = u.stride(1);
+  p.bc_batch = B.stride(0), p.bc_group = B.stride(1), p.bc_state = B.stride(2);
+  p.softplus = delta_softplus;
+  const char* why = mambaic::selective_scan_bwd_unsupported(p);
+  TORCH_CHECK(why[0] == '\0', "selective_scan backward (cuda): ", why);
+  mambaic::selective_scan_bwd_launch(p, at::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {du, ddelta, dA_part.sum(0), dB, dC, dD_part.sum(0), dbias_part.sum(0)};
 }
 
 // The four directions of the fused SS2D core in one launch. Directions 0 and 2 scan `rows`
@@ -96,7 +144,7 @@ void ss2d_fwd(const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& 
     const float* proj = (k % 2 ? cols_proj : rows_proj).data_ptr<float>() + (k / 2) * (width / 2) * length;
     p.dir[k] = {seq.data_ptr<float>(), nullptr, proj, dt_weight[k].data_ptr<float>(), A[k].data_ptr<float>(),
                 proj + rank * length, proj + (rank + states) * length, Ds[k].data_ptr<float>(),
-                bias[k].data_ptr<float>(), (k % 2 ? cols_acc : rows_acc).data_ptr<float>(), k >= 2};
+                bias[k].data_ptr<float>(), (k % 2 ? cols_acc : rows_acc).data_ptr<float>(), k >= 2, nullptr};
   }
   p.directions = 4;
   p.batch = batch, p.channels = channels, p.groups = 1, p.states = states, p.length = length, p.rank = rank;
@@ -125,7 +173,8 @@ void transpose(const at::Tensor& in, at::Tensor& out, bool accumulate) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("selective_scan_fwd", &selective_scan_fwd, "forward selective scan (float32)");
+  m.def("selective_scan_fwd", &selective_scan_fwd, "forward selective scan (float32), with the tile states if asked");
+  m.def("selective_scan_bwd", &selective_scan_bwd, "backward selective scan (float32) from the tile states");
   m.def("ss2d_fwd", &ss2d_fwd, "the four scans of the fused SS2D core into two accumulators");
   m.def("transpose", &transpose, "batched transpose, optionally accumulating");
 }

@@ -1,4 +1,4 @@
-// Parameters of the forward selective scan kernel (selective_scan_fwd.cu), shared with the torch
+// Parameters of the selective scan kernels (selective_scan_fwd.cu, selective_scan_bwd.cu), shared with the torch
 // bindings (bindings.cpp). Plain C++ so that the .cu compiles without torch's headers.
 #pragma once
 
@@ -8,6 +8,7 @@
 namespace mambaic {
 
 constexpr int kMaxDirections = 4;
+constexpr int kScanTile = 512;  // steps per tile of both scans: tile_states holds one state per tile
 constexpr int kMaxRank = 64;  // rows of the delta projection staged per tile (dt_rank)
 
 // One scan direction: the channels of one launch read these pointers. The public op has one
@@ -25,6 +26,8 @@ struct ScanDirection {
   const float* delta_bias;  // (channels,) or null
   float* y;                 // (batch, channels, L)
   bool reverse;             // walk L from its end (the output stays in sequence order)
+  float* tile_states;       // null, or (batch, channels, tiles of 512 steps, states): the state entering each
+                            // tile, written for the backward (selective_scan_bwd.cu)
 };
 
 struct ScanFwdParams {
@@ -40,6 +43,23 @@ struct ScanFwdParams {
 // Why a launch is refused (an empty string when it is fine), then the launch on `stream`.
 const char* selective_scan_fwd_unsupported(const ScanFwdParams& p);
 void selective_scan_fwd_launch(const ScanFwdParams& p, cudaStream_t stream);
+
+// The backward of the public op (one direction, delta read from memory, contiguous rows): the
+// gradients of every input from dy and the forward's tile states.
+struct ScanBwdParams {
+  const float *u, *delta, *A, *B, *C, *D, *delta_bias;  // as ScanDirection (D, delta_bias may be null)
+  const float *dy, *tile_states;                         // dy like u; tile_states as ScanDirection's
+  float *du, *ddelta;                                    // like u, written
+  float *dB, *dC;                                        // like B, zeroed by the caller, added to atomically
+  float *dA_part, *dD_part, *dbias_part;                 // (batch, channels, states), (batch, channels) x 2:
+                                                         // written per image, summed by the caller
+  int batch, channels, groups, states, length;
+  int64_t u_batch, u_channel, bc_batch, bc_group, bc_state;  // du, ddelta and dy share u's strides
+  bool softplus;
+};
+
+const char* selective_scan_bwd_unsupported(const ScanBwdParams& p);
+void selective_scan_bwd_launch(const ScanBwdParams& p, cudaStream_t stream);
 
 // out[b][j][i] = in[b][i][j] (+ out[b][j][i] when accumulate) for `batch` row-major (rows, cols)
 // matrices: the transposes of the fused SS2D core (column-major directions, channel-last output).

@@ -23,91 +23,14 @@
 // tile, give lane l the segment 31 - l and run its steps backwards: loads and stores stay at the
 // same aligned addresses as forwards. Steps past L have dt = 0 and B = C = 0: identity maps.
 
+#include "scan_common.cuh"
 #include "selective_scan.h"
 
 namespace mambaic {
 namespace {
 
-constexpr int kLanes = 32;
-constexpr int kSteps = 16;                 // consecutive steps per lane
-constexpr int kTile = kLanes * kSteps;     // steps per tile
-constexpr int kStates = 16;                // N is padded up to this
-constexpr int kChunks = kTile / 4;         // 16-byte chunks per row of the B / C tile
-constexpr int kRow = kChunks + kChunks / 8;  // padded row, in chunks
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr unsigned kFull = 0xffffffffu;
-
-__device__ __forceinline__ int padded(int chunk) { return chunk + (chunk >> 3); }
-
-__device__ __forceinline__ float ex2(float x) {
-  float r;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
-  return r;
-}
-
-// softplus with torch's threshold of 20, to ~1e-7 relative: max(v, 0) + log1p(e), e = exp(-|v|) in
-// (0, 1], with log1p(e) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...), s = e / (2 + e) <= 1/3: eight
-// terms reach 1e-8. Two MUFU ops and ~15 FP32 instructions, against ~30 for log1pf(expf(v)).
-__device__ __forceinline__ float softplus(float v) {
-  const float e = ex2(-fabsf(v) * kLog2e);
-  const float s = __fdividef(e, 2.f + e), z = s * s;
-  float q = 1.f / 15.f;
-  q = fmaf(q, z, 1.f / 13.f), q = fmaf(q, z, 1.f / 11.f), q = fmaf(q, z, 1.f / 9.f), q = fmaf(q, z, 1.f / 7.f);
-  q = fmaf(q, z, 1.f / 5.f), q = fmaf(q, z, 1.f / 3.f), q = fmaf(q, z, 1.f);
-  return v > 20.f ? v : fmaxf(v, 0.f) + 2.f * s * q;
-}
-
-// Four consecutive values of a row from step t (zeros past L, or everywhere when !valid).
-template <bool kVec>
-__device__ __forceinline__ float4 load4(const float* row, int t, int L, bool valid) {
-  if (kVec) {
-    if (valid && t < L) return __ldg(reinterpret_cast<const float4*>(row + t));  // L % 4 == 0
-    return make_float4(0.f, 0.f, 0.f, 0.f);
-  }
-  float v[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) v[i] = (valid && t + i < L) ? __ldg(row + t + i) : 0.f;
-  return make_float4(v[0], v[1], v[2], v[3]);
-}
-
-template <bool kVec>
-__device__ __forceinline__ void load_steps(const float* row, int t, int L, float (&v)[kSteps]) {
-#pragma unroll
-  for (int j = 0; j < kSteps / 4; ++j) {
-    const float4 q = load4<kVec>(row, t + 4 * j, L, true);
-    v[4 * j] = q.x, v[4 * j + 1] = q.y, v[4 * j + 2] = q.z, v[4 * j + 3] = q.w;
-  }
-}
-
-template <bool kVec>
-__device__ __forceinline__ void store_steps(float* row, int t, int L, const float (&v)[kSteps], bool accumulate) {
-#pragma unroll
-  for (int j = 0; j < kSteps / 4; ++j) {
-    const int s = t + 4 * j;
-    if (kVec) {
-      if (s >= L) continue;
-      const float4 q = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
-      if (accumulate) atomicAdd(reinterpret_cast<float4*>(row + s), q);
-      else *reinterpret_cast<float4*>(row + s) = q;
-    } else {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        if (s + i >= L) break;
-        if (accumulate) atomicAdd(row + s + i, v[4 * j + i]);
-        else row[s + i] = v[4 * j + i];
-      }
-    }
-  }
-}
-
-// The 16 values of row n of a staged tile at the lane's segment.
-__device__ __forceinline__ void read_segment(const float4* tile, int n, int seg, float (&v)[kSteps]) {
-#pragma unroll
-  for (int j = 0; j < kSteps / 4; ++j) {
-    const float4 q = tile[n * kRow + padded(seg * (kSteps / 4) + j)];
-    v[4 * j] = q.x, v[4 * j + 1] = q.y, v[4 * j + 2] = q.z, v[4 * j + 3] = q.w;
-  }
-}
+using namespace scan;
+static_assert(kTile == kScanTile, "tile_states has one entry per kernel tile");
 
 // Shared memory of a block: the tile's B, C and projection rows, then per warp A log2 e and dt_weight.
 struct Smem {
@@ -120,7 +43,7 @@ __host__ __device__ constexpr size_t smem_bytes(int rank) {
   return (2 * kStates + rank) * kRow * sizeof(float4) + kWarps * (kStates + rank) * sizeof(float);
 }
 
-template <int kWarps, bool kVec, bool kProj, bool kReverse>
+template <int kWarps, bool kVec, bool kProj, bool kSave, bool kReverse>
 __device__ __forceinline__ void scan_channel(const ScanFwdParams& p, const ScanDirection& q, int channel, int lane,
                                              const Smem& sm) {
   const int L = p.length, b = blockIdx.z;
@@ -131,6 +54,8 @@ __device__ __forceinline__ void scan_channel(const ScanFwdParams& p, const ScanD
   const float* C = q.C + b * p.bc_batch + group * p.bc_group;
   const float* proj = kProj ? q.proj + b * p.bc_batch : nullptr;
   float* y = q.y + b * p.y_batch + channel * p.y_channel;
+  const int tiles = (L + kTile - 1) / kTile;
+  float* tile_states = kSave ? q.tile_states + (int64_t(b) * p.channels + channel) * tiles * p.states : nullptr;
   const int rank = kProj ? p.rank : 0;
 
   // A (times log2 e) and the delta weights in shared memory, not registers: read once per state
@@ -145,7 +70,6 @@ __device__ __forceinline__ void scan_channel(const ScanFwdParams& p, const ScanD
   const float skip = q.D ? q.D[channel] : 0.f;
   const float bias = q.delta_bias ? q.delta_bias[channel] : 0.f;
   const int seg = kReverse ? kLanes - 1 - lane : lane;
-  const int tiles = (L + kTile - 1) / kTile;
 
   for (int it = 0; it < tiles; ++it) {
     const int t0 = (kReverse ? tiles - 1 - it : it) * kTile;
@@ -155,15 +79,8 @@ __device__ __forceinline__ void scan_channel(const ScanFwdParams& p, const ScanD
     if (!kProj) load_steps<kVec>(delta, ts, L, dt);
 
     __syncthreads();  // every warp is done with the previous tile's rows
-    for (int i = threadIdx.x; i < kStates * kChunks; i += kWarps * kLanes) {
-      const int n = i / kChunks, chunk = i % kChunks;
-      sm.B[n * kRow + padded(chunk)] = load4<kVec>(B + n * p.bc_state, t0 + 4 * chunk, L, n < p.states);
-      sm.C[n * kRow + padded(chunk)] = load4<kVec>(C + n * p.bc_state, t0 + 4 * chunk, L, n < p.states);
-    }
-    for (int i = threadIdx.x; i < rank * kChunks; i += kWarps * kLanes) {
-      const int r = i / kChunks, chunk = i % kChunks;
-      sm.proj[r * kRow + padded(chunk)] = load4<kVec>(proj + r * p.bc_state, t0 + 4 * chunk, L, true);
-    }
+    stage_rows<kVec, kWarps * kLanes>(sm.B, B, sm.C, C, p.bc_state, kStates, p.states, t0, L);
+    if (kProj) stage_rows<kVec, kWarps * kLanes>(sm.proj, proj, nullptr, nullptr, p.bc_state, rank, rank, t0, L);
     __syncthreads();  // the tile's rows are staged
 
     if (kProj) {  // delta = dt_weight[channel] @ the rank rows, in registers: never written
@@ -215,6 +132,7 @@ __device__ __forceinline__ void scan_channel(const ScanFwdParams& p, const ScanD
         const float Pp = __shfl_up_sync(kFull, P, o), ep = __shfl_up_sync(kFull, e, o);
         if (lane >= o) e = fmaf(P, ep, e), P *= Pp;
       }
+      if (kSave && lane == 0) tile_states[(t0 / kTile) * p.states + n] = carry[n];
       const float end = fmaf(P, carry[n], e);  // the state after this lane's segment
       float start = __shfl_up_sync(kFull, end, 1);
       if (lane == 0) start = carry[n];
@@ -238,7 +156,7 @@ __device__ __forceinline__ void scan_channel(const ScanFwdParams& p, const ScanD
   }
 }
 
-template <int kWarps, bool kVec, bool kProj>
+template <int kWarps, bool kVec, bool kProj, bool kSave>
 __global__ void __launch_bounds__(kWarps * kLanes, 2) selective_scan_fwd_kernel(const ScanFwdParams p) {
   extern __shared__ float4 smem[];
   const int warp = threadIdx.x / kLanes;
@@ -249,18 +167,9 @@ __global__ void __launch_bounds__(kWarps * kLanes, 2) selective_scan_fwd_kernel(
   const int d = blockIdx.x / blocks_per_direction;
   const int channel = (blockIdx.x % blocks_per_direction) * kWarps + warp;
   const ScanDirection q = d == 0 ? p.dir[0] : d == 1 ? p.dir[1] : d == 2 ? p.dir[2] : p.dir[3];
-  if (q.reverse) scan_channel<kWarps, kVec, kProj, true>(p, q, channel, threadIdx.x % kLanes, sm);
-  else scan_channel<kWarps, kVec, kProj, false>(p, q, channel, threadIdx.x % kLanes, sm);
+  if (q.reverse) scan_channel<kWarps, kVec, kProj, kSave, true>(p, q, channel, threadIdx.x % kLanes, sm);
+  else scan_channel<kWarps, kVec, kProj, kSave, false>(p, q, channel, threadIdx.x % kLanes, sm);
 }
-
-// Widest block whose channels share one group (W | channels per group).
-int warps_for(const ScanFwdParams& p) {
-  const int per_group = p.channels / p.groups;
-  for (int w : {8, 4, 2}) if (per_group % w == 0) return w;
-  return 1;
-}
-
-bool aligned(const void* ptr) { return ptr == nullptr || reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 // 16-byte loads need every row to start on 16 bytes.
 bool vectorizable(const ScanFwdParams& p) {
@@ -277,9 +186,12 @@ bool vectorizable(const ScanFwdParams& p) {
 
 template <int kWarps, bool kVec>
 void launch(const ScanFwdParams& p, cudaStream_t stream) {
-  // delta read from memory (the public op) or computed from the projection rows (the SS2D core):
-  // separate kernels, so that the first keeps the registers the second spends on the projection
-  auto kernel = p.dir[0].proj ? selective_scan_fwd_kernel<kWarps, kVec, true> : selective_scan_fwd_kernel<kWarps, kVec, false>;
+  // delta read from memory (the public op, saving the tile states for its backward or not) or
+  // computed from the projection rows (the SS2D core): separate kernels, so that each keeps the
+  // registers the others spend
+  auto kernel = p.dir[0].proj          ? selective_scan_fwd_kernel<kWarps, kVec, true, false>
+                : p.dir[0].tile_states ? selective_scan_fwd_kernel<kWarps, kVec, false, true>
+                                       : selective_scan_fwd_kernel<kWarps, kVec, false, false>;
   const size_t bytes = smem_bytes<kWarps>(p.rank);
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   const dim3 grid(p.directions * (p.channels / kWarps), 1, p.batch);
@@ -288,7 +200,7 @@ void launch(const ScanFwdParams& p, cudaStream_t stream) {
 
 template <bool kVec>
 void launch_vec(const ScanFwdParams& p, cudaStream_t stream) {
-  switch (warps_for(p)) {
+  switch (warps_for(p.channels, p.groups)) {
     case 8: return launch<8, kVec>(p, stream);
     case 4: return launch<4, kVec>(p, stream);
     case 2: return launch<2, kVec>(p, stream);
@@ -306,6 +218,9 @@ const char* selective_scan_fwd_unsupported(const ScanFwdParams& p) {
   for (int d = 0; d < p.directions; ++d)
     if ((p.dir[d].delta == nullptr) == (p.dir[d].proj == nullptr) || (p.dir[d].proj == nullptr) != (p.dir[0].proj == nullptr))
       return "every direction reads delta, or every direction its projection";
+  for (int d = 0; d < p.directions; ++d)
+    if ((p.dir[d].tile_states != nullptr) != (p.dir[0].tile_states != nullptr) || (p.dir[d].tile_states && p.dir[d].proj))
+      return "the tile states are saved for every direction or none, and only when delta is read from memory";
   if (p.batch > 65535) return "the cuda selective scan takes at most 65535 images per call";
   return "";
 }
