@@ -258,8 +258,9 @@ def run_one(model, x, backend: str, args, clock: Clock, compiled: bool = False) 
                 continue
             try:
                 fn()  # the first warm-up compiles and autotunes: never a measurement
-                if compiled:
-                    fn()  # dynamo recompiles once: the backend record it traced through filled in
+                if compiled:  # traced code records nothing: the ops as one eager forward dispatches them
+                    with autocast:
+                        model._orig_mod(x)
                 clock.sync()
                 clock.reset_peak()
                 first = clock.time_ms(fn)

@@ -78,6 +78,12 @@ _loaded: set[str] = set()
 # use_backend's choice: one backend name for every op, or {op: name} for some ops.
 _override: contextvars.ContextVar[str | dict | None] = contextvars.ContextVar("mambaic_backend", default=None)
 _recorders: contextvars.ContextVar[tuple[dict, ...]] = contextvars.ContextVar("mambaic_backend_record", default=())
+# The same choice for code that torch.compile traces: dynamo before torch 2.12 cannot trace
+# ContextVar.get (a graph break, an error under fullgraph=True), and a module global it reads is
+# guarded, so a compiled graph is traced again when the choice changes. Eager code reads the
+# ContextVar, which stays right across threads and tasks; traced code follows the latest
+# use_backend of any thread.
+_override_traced: str | dict | None = None
 _logged_auto: set[tuple] = set()
 
 
@@ -90,6 +96,9 @@ def register(op: str, backend: str, fn: Callable, supports: Callable[..., "str |
     _registry[op][backend] = Implementation(fn, supports)
 
 
+# Under torch.compile the first call of a backend imports it while dynamo traces, and imports are
+# not traceable: dynamo runs this eagerly instead and keeps its answer (a load happens once).
+@torch.compiler.assume_constant_result
 def _load(backend: str) -> str | None:
     """Import a backend's module once; return why it failed to load, or None."""
     if backend not in _loaded:
@@ -104,7 +113,7 @@ def _load(backend: str) -> str | None:
 def requested(op: str | None = None) -> tuple[str, str]:
     """The backend asked for ``op`` and who asked: the innermost :func:`use_backend` that names
     it (or names one backend for all ops), else ``$MAMBAIC_BACKEND``."""
-    value = _override.get()
+    value = _override_traced if torch.compiler.is_compiling() else _override.get()
     if isinstance(value, dict):
         value = value.get(op)
         if value is not None:
@@ -138,11 +147,14 @@ def use_backend(name: "str | dict[str, str]") -> Iterator[None]:
     if isinstance(name, dict):  # per op, on top of what an enclosing use_backend chose
         outer = _override.get()
         name = {**({op: outer for op in OPS} if isinstance(outer, str) else outer or {}), **name}
-    token = _override.set(name)
+    global _override_traced
+    token, traced = _override.set(name), _override_traced
+    _override_traced = name
     try:
         yield
     finally:
         _override.reset(token)
+        _override_traced = traced
 
 
 @contextlib.contextmanager
@@ -164,6 +176,8 @@ def recording() -> Iterator[dict[str, list[str]]]:
 
 
 def _note(op: str, backend: str) -> None:
+    if torch.compiler.is_compiling():  # a trace runs once, not per call: nothing to record
+        return
     for used in _recorders.get():
         if backend not in used.setdefault(op, []):
             used[op].append(backend)

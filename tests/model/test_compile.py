@@ -46,6 +46,26 @@ def test_vss_block_compiles_in_one_graph(backend):
     assert ours == ([CORE_NODE[backend]] if CORE_NODE[backend] else [])
 
 
+def test_compiled_code_follows_use_backend():
+    """One compiled block, two backends in turn: the second use_backend traces it again (the
+    choice is a guarded global for dynamo), so the cpu op appears after the torch trace."""
+    block = VSSBlock(8).eval()
+    x = torch.randn(1, 8, 5, 7)
+    _available("cpu", x)
+    recorder = Recorder()
+    compiled = torch.compile(block, fullgraph=True, backend=recorder)
+    with torch.no_grad():
+        with mk.use_backend("cpu"):
+            eager = block(x)  # loads the backend: importing is not traceable
+        with mk.use_backend("torch"):
+            compiled(x)
+        assert not [t for t in recorder.targets if t.startswith("mambaic.")]
+        with mk.use_backend("cpu"):
+            out = compiled(x)
+    assert [t for t in recorder.targets if t.startswith("mambaic.")] == [CORE_NODE["cpu"]]
+    torch.testing.assert_close(out, eager, rtol=0, atol=0)
+
+
 def test_compiled_training_step_matches_eager():
     """AOT autograd over the cpu backend's custom ops: the compiled backward gives eager's gradients."""
     x = torch.randn(1, 8, 5, 7)
