@@ -3,6 +3,7 @@ CUDA extension, built when MAMBAIC_BUILD_CUDA=1 (never decided by torch.cuda.is_
 development and CI machines have nvcc but no GPU)."""
 
 import os
+import runpy
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -14,6 +15,8 @@ ext_modules, cmdclass = [], {}
 if os.environ.get("MAMBAIC_BUILD_CUDA") == "1":
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
+    archs = runpy.run_path("kernels/cuda_build.py")["ARCHS"]
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", ";".join(archs))  # BuildExtension turns it into -gencode flags
     csrc = Path("kernels/cuda/csrc")
     sources = sorted(str(p) for p in csrc.rglob("*.cpp")) + sorted(str(p) for p in csrc.rglob("*.cu"))
     if not sources:
@@ -22,7 +25,7 @@ if os.environ.get("MAMBAIC_BUILD_CUDA") == "1":
         CUDAExtension(
             "mambaic_kernels._cuda",
             sources=sources,
-            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-gencode=arch=compute_90,code=sm_90"]},
+            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
         )
     )
     cmdclass["build_ext"] = BuildExtension

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..cuda_build import JIT_NAME
+
 CSRC = Path(__file__).parent / "csrc"
 
 
@@ -36,9 +38,9 @@ def _build():
     sources = sorted(str(p) for p in CSRC.glob("*.cpp")) + sorted(str(p) for p in CSRC.glob("*.cu"))
     from .. import _backend
 
-    _backend.announce_build("cuda", "mambaic_cuda_kernels", 30)
+    _backend.announce_build("cuda", JIT_NAME, 30)
     try:
-        return cpp_extension.load(name="mambaic_cuda_kernels", sources=sources, extra_cflags=["-O3"],
+        return cpp_extension.load(name=JIT_NAME, sources=sources, extra_cflags=["-O3"],
                                   extra_cuda_cflags=["-O3", "-lineinfo"], verbose=False)  # fmt: skip
     except Exception as exc:  # the compiler's message is the reason users see
         first = next((line for line in str(exc).splitlines() if "error" in line.lower()), str(exc).splitlines()[0])

@@ -19,6 +19,7 @@ def collect() -> dict:
 
     import mambaic
     from mambaic_kernels import _backend
+    from mambaic_kernels.cuda_build import build_state
 
     try:
         import triton
@@ -41,6 +42,7 @@ def collect() -> dict:
         "cuda (torch build)": torch.version.cuda or "none (CPU build)",
         "gpu": gpu,
         "backends (float32, " + device + ")": backends,
+        "cuda kernels": build_state(),
     }
 
 

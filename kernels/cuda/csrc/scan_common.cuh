@@ -59,6 +59,15 @@ __device__ __forceinline__ void load_steps(const float* row, int t, int L, float
   }
 }
 
+// out[0..3] += v with atomics: one 16-byte atomic on sm_90 (out 16-byte aligned), four before it.
+__device__ __forceinline__ void atomic_add4(float* out, float4 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float4*>(out), v);
+#else
+  atomicAdd(out, v.x), atomicAdd(out + 1, v.y), atomicAdd(out + 2, v.z), atomicAdd(out + 3, v.w);
+#endif
+}
+
 template <bool kVec>
 __device__ __forceinline__ void store_steps(float* row, int t, int L, const float (&v)[kSteps], bool accumulate) {
 #pragma unroll
@@ -67,7 +76,7 @@ __device__ __forceinline__ void store_steps(float* row, int t, int L, const floa
     if (kVec) {
       if (s >= L) continue;
       const float4 q = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
-      if (accumulate) atomicAdd(reinterpret_cast<float4*>(row + s), q);
+      if (accumulate) atomic_add4(row + s, q);
       else *reinterpret_cast<float4*>(row + s) = q;
     } else {
 #pragma unroll

@@ -212,7 +212,7 @@ __global__ void __launch_bounds__(kWarps * kLanes, 1) selective_scan_bwd_kernel(
           for (int k = 0; k < 4; ++k) sum[k] += src[v * 2 * kAccRow + k];
         float* out = (which ? dC : dB) + n * p.bc_state + t;
         if (kVec) {
-          if (t < L) atomicAdd(reinterpret_cast<float4*>(out), make_float4(sum[0], sum[1], sum[2], sum[3]));
+          if (t < L) atomic_add4(out, make_float4(sum[0], sum[1], sum[2], sum[3]));
         } else {
 #pragma unroll
           for (int k = 0; k < 4; ++k)

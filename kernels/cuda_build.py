@@ -1,0 +1,42 @@
+"""How the cuda backend's kernels are built, in one place, without importing the backend (which
+would build them): the architectures of an ahead-of-time build and what ``mambaic info`` says.
+Standard library only: setup.py reads ARCHS before the package is installed.
+
+- Ahead of time: ``MAMBAIC_BUILD_CUDA=1 pip install -e .`` builds ``mambaic_kernels._cuda`` for
+  ARCHS, unless ``TORCH_CUDA_ARCH_LIST`` says otherwise. CI compiles every .cu file for ARCHS.
+- On first use: ``torch.utils.cpp_extension.load`` compiles for the GPU present, into PyTorch's
+  extension cache (``$TORCH_EXTENSIONS_DIR``).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import shutil
+
+ARCHS = ("8.0", "9.0")  # Ampere (A100), Hopper (H100, H200); sm_90 adds 16-byte float atomics
+JIT_NAME = "mambaic_cuda_kernels"  # the first-use build's name in the extension cache
+
+
+def nvcc_path() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    candidate = os.path.join(home, "bin", "nvcc")
+    return candidate if os.path.exists(candidate) else shutil.which("nvcc")
+
+
+def build_state() -> str:
+    """One line: a prebuilt extension, a cached first-use build, or what the first use will do."""
+    spec = importlib.util.find_spec("mambaic_kernels._cuda")
+    if spec is not None:
+        return f"prebuilt (MAMBAIC_BUILD_CUDA=1): {spec.origin}"
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    built = sorted(glob.glob(os.path.join(root, "**", f"{JIT_NAME}*.so"), recursive=True))
+    if built:
+        return f"built on first use, cached: {built[-1]}"
+    nvcc = nvcc_path()
+    if nvcc is None:
+        return "not built, and no nvcc found (set CUDA_HOME): the cuda backend cannot build"
+    return f"not built yet: compiles on first use on a GPU (about a minute) with {nvcc}, into {root}"
