@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 namespace mambaic {
 namespace scan {
@@ -133,6 +134,30 @@ inline int warps_for(int channels, int groups) {
   const int per_group = channels / groups;
   for (int w : {8, 4, 2}) if (per_group % w == 0) return w;
   return 1;
+}
+
+// Calls launch(warps, vec) with warps_for's block width and the 16-byte flag as compile-time
+// constants (std::integral_constant): the kernels' template arguments, chosen in one place.
+template <typename Launch>
+void dispatch_shape(int channels, int groups, bool vec, Launch&& launch) {
+  auto width = [&](auto v) {
+    switch (warps_for(channels, groups)) {
+      case 8: return launch(std::integral_constant<int, 8>{}, v);
+      case 4: return launch(std::integral_constant<int, 4>{}, v);
+      case 2: return launch(std::integral_constant<int, 2>{}, v);
+      default: return launch(std::integral_constant<int, 1>{}, v);
+    }
+  };
+  if (vec) width(std::true_type{});
+  else width(std::false_type{});
+}
+
+// Why the scans refuse these sizes, or null.
+inline const char* scan_shape_unsupported(int states, int channels, int groups, int batch) {
+  if (states < 1 || states > kStates) return "the cuda selective scan takes 1 to 16 states (N)";
+  if (groups < 1 || channels % groups) return "the group count must divide the channel count";
+  if (batch > 65535) return "the cuda selective scan takes at most 65535 images per call";
+  return nullptr;
 }
 
 inline bool aligned(const void* ptr) { return ptr == nullptr || reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }

@@ -267,30 +267,18 @@ void launch(const ScanBwdParams& p, cudaStream_t stream) {
   kernel<<<grid, kWarps * kLanes, bytes, stream>>>(p);
 }
 
-template <bool kVec>
-void launch_vec(const ScanBwdParams& p, cudaStream_t stream) {
-  switch (warps_for(p.channels, p.groups)) {
-    case 8: return launch<8, kVec>(p, stream);
-    case 4: return launch<4, kVec>(p, stream);
-    case 2: return launch<2, kVec>(p, stream);
-    default: return launch<1, kVec>(p, stream);
-  }
-}
-
 }  // namespace
 
 const char* selective_scan_bwd_unsupported(const ScanBwdParams& p) {
-  if (p.states < 1 || p.states > kStates) return "the cuda selective scan takes 1 to 16 states (N)";
-  if (p.groups < 1 || p.channels % p.groups) return "the group count must divide the channel count";
-  if (p.batch > 65535) return "the cuda selective scan takes at most 65535 images per call";
+  if (const char* why = scan_shape_unsupported(p.states, p.channels, p.groups, p.batch)) return why;
   if (p.tile_states == nullptr) return "the backward needs the forward's tile states";
   return "";
 }
 
 void selective_scan_bwd_launch(const ScanBwdParams& p, cudaStream_t stream) {
   if (p.length == 0 || p.batch == 0 || p.channels == 0) return;
-  if (vectorizable(p)) launch_vec<true>(p, stream);
-  else launch_vec<false>(p, stream);
+  dispatch_shape(p.channels, p.groups, vectorizable(p),
+                 [&](auto warps, auto vec) { launch<decltype(warps)::value, decltype(vec)::value>(p, stream); });
 }
 
 }  // namespace mambaic
