@@ -118,22 +118,32 @@ class SS2D(nn.Module):
         self.out_norm = nn.LayerNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, H, W, d_model) -> (batch, H, W, d_model)."""
-        batch, H, W, C = x.shape
+    def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+        """(batch, H, W, d_model) -> (batch, H, W, d_model).
+
+        ``norm``: SS2D's input is ``norm(x)``, computed here rather than by the caller. Without
+        autograd it is then computed twice, for u before the core and for z after it, so that the
+        normalised map is not held while the core runs (its peak, 0.75 GiB less at 2048x1536); the
+        two evaluations give the same bits."""
+        h = x if norm is None else norm(x)
+        batch, H, W, C = h.shape
         w_u, w_z = self.in_proj.weight.chunk(2, dim=0)  # in_proj has no bias (official)
         # The u half goes to the channel-first conv and scan: computing it as W_u @ x^T gives that
         # layout straight from the matmul, instead of a channel-last result plus a transposing
         # copy (about 10% of a VSS block on CPU at 1/2 resolution).
-        x_t = x.reshape(batch, H * W, C).transpose(1, 2)  # (batch, C, L), a view
+        x_t = h.reshape(batch, H * W, C).transpose(1, 2)  # (batch, C, L), a view
         u = torch.bmm(w_u.expand(batch, -1, -1), x_t).view(batch, self.d_inner, H, W)
         # Without autograd nothing needs the intermediates: activations run in place and z is made
         # after the core, so that the core's peak holds u and its own buffers, not z as well.
         inplace = not torch.is_grad_enabled()
+        if inplace and norm is not None:
+            del x_t, h  # recomputed for z below
         u = F.silu(self.conv2d(u), inplace=inplace)  # (batch, d_inner, H, W)
         y = self.core(u)  # (batch, H, W, d_inner)
         del u
-        z = F.silu(F.linear(x, w_z), inplace=inplace)  # (batch, H, W, d_inner)
+        if inplace and norm is not None:
+            h = norm(x)
+        z = F.silu(F.linear(h, w_z), inplace=inplace)  # (batch, H, W, d_inner)
         return self.out_proj(y.mul_(z) if inplace else y * z)
 
     def core(self, u: torch.Tensor) -> torch.Tensor:

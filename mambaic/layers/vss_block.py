@@ -56,5 +56,5 @@ class VSSBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 2, 3, 1)  # (batch, H, W, C): a view, contiguous if x is channels_last
-        x = x + self.drop_path(self.op(self.norm(x)))
+        x = x + self.drop_path(self.op(x, norm=self.norm))  # SS2D applies the norm: see its forward
         return x.permute(0, 3, 1, 2)

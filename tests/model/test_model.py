@@ -140,3 +140,17 @@ def test_every_vss_block_matches_the_composed_core(tiny, backend):
             composed = ss2d.out_norm(mambaic_kernels.reference.ss2d_core(
                 u.contiguous(), ss2d.x_proj_weight, ss2d.dt_projs_weight, ss2d.dt_projs_bias, ss2d.A_logs, ss2d.Ds))
         torch.testing.assert_close(fused, composed, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_ss2d_applying_the_norm_itself_changes_nothing(grad):
+    """SS2D(x, norm=norm) recomputes the norm for z after the core without autograd (memory); it must
+    give SS2D(norm(x)) to the bit, with and without autograd."""
+    from mambaic.layers.vss_block import VSSBlock
+
+    block = VSSBlock(8)
+    x = torch.randn(2, 5, 7, 8)  # (batch, H, W, C), H != W
+    with torch.set_grad_enabled(grad), mambaic_kernels.use_backend("torch"):
+        expected = block.op(block.norm(x))
+        got = block.op(x, norm=block.norm)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
