@@ -81,20 +81,24 @@ def recomputed_grads(selective_scan, inputs, needs_grad, dout):
     return tuple(leaf.grad if needs else None for leaf, needs in zip(leaves, needs_grad))
 
 
-def register_fused_core(op, scan) -> None:
-    """Give a backend's fused ss2d_core custom op (its inputs: ss2d_core's six) its fake kernel and
-    the recomputing backward (recomputed_grads) over the selective scan that ``scan()`` returns."""
+def register_fused_core(op, scan, extra_args: int = 0, fake: bool = True) -> None:
+    """Give a backend's fused ss2d_core custom op (its inputs: ss2d_core's six, then ``extra_args``
+    settings without gradients) its fake kernel (unless ``fake`` is False: a triton_op traces
+    through its kernels) and the recomputing backward (recomputed_grads) over the selective scan
+    that ``scan()`` returns."""
+    if fake:
 
-    @op.register_fake
-    def _(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
-        batch, D, H, W = u.shape
-        return u.new_empty((batch, H, W, D))
+        @op.register_fake
+        def _(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *settings):
+            batch, D, H, W = u.shape
+            return u.new_empty((batch, H, W, D))
 
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
+        ctx.save_for_backward(*inputs[:6])
 
     def backward(ctx, dout):
-        return recomputed_grads(scan(), ctx.saved_tensors, ctx.needs_input_grad, dout)
+        grads = recomputed_grads(scan(), ctx.saved_tensors, ctx.needs_input_grad[:6], dout)
+        return (*grads, *([None] * extra_args))
 
     op.register_autograd(backward, setup_context=setup_context)
 

@@ -66,7 +66,7 @@ import triton.language as tl
 
 from .. import _backend
 from .._backend import profiled_range
-from ..pytorch.ss2d_core import recomputed_grads
+from ..pytorch.ss2d_core import register_fused_core
 from . import selective_scan as _scan
 from .selective_scan import (
     _FWD_PROGRAMS_PER_SM,
@@ -337,16 +337,8 @@ def _ss2d_core_fwd(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
     return out
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:6])
-
-
-def _backward(ctx, dout):
-    # one direction at a time over this backend's scan (see "Backward")
-    return (*recomputed_grads(_scan.selective_scan, ctx.saved_tensors, ctx.needs_input_grad[:6], dout), None, None)
-
-
-torch.library.register_autograd("mambaic::ss2d_core_fwd_triton", _backward, setup_context=_setup_context)
+# the backward: one direction at a time over this backend's scan (see "Backward")
+register_fused_core(ss2d_core_fwd_triton, lambda: _scan.selective_scan, extra_args=2, fake=False)
 
 
 def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
