@@ -21,6 +21,7 @@ import importlib
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -48,16 +49,22 @@ _BACKEND_MODULES = {
 }
 
 
+def extension_cache(name: str) -> "tuple[Path, Path | None]":
+    """Where PyTorch's extension cache builds extension ``name``, and its compiled module there
+    (None before the first build)."""
+    from torch.utils import cpp_extension
+
+    build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+    return build_dir, next(iter(sorted(build_dir.glob("*.so"))), None)
+
+
 def announce_build(backend: str, name: str, seconds: int) -> None:
     """Say on stderr that ``backend``'s extension ``name`` is about to compile, when PyTorch's
     extension cache holds no build of it yet: the first call would otherwise sit silent."""
     import sys
-    from pathlib import Path
 
-    from torch.utils import cpp_extension
-
-    build_dir = cpp_extension._get_build_directory(name, verbose=False)
-    if not any(Path(build_dir).glob("*.so")):
+    build_dir, built = extension_cache(name)
+    if built is None:
         print(f"mambaic: compiling the {backend} backend's kernels for this machine (about {seconds} s, once; "
               f"cached in {build_dir})...", file=sys.stderr, flush=True)
 

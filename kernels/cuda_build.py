@@ -10,7 +10,6 @@ Standard library only: setup.py reads ARCHS before the package is installed.
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import os
 import shutil
@@ -30,13 +29,15 @@ def build_state() -> str:
     spec = importlib.util.find_spec("mambaic_kernels._cuda")
     if spec is not None:
         return f"prebuilt (MAMBAIC_BUILD_CUDA=1): {spec.origin}"
-    from torch.utils.cpp_extension import get_default_build_root
+    from ._backend import extension_cache
 
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
-    built = sorted(glob.glob(os.path.join(root, "**", f"{JIT_NAME}*.so"), recursive=True))
-    if built:
-        return f"built on first use, cached: {built[-1]}"
+    try:
+        build_dir, built = extension_cache(JIT_NAME)  # creates the cache folder if missing
+    except OSError as exc:
+        return f"not built, and PyTorch's extension cache is not usable ({exc}): set TORCH_EXTENSIONS_DIR"
+    if built is not None:
+        return f"built on first use, cached: {built}"
     nvcc = nvcc_path()
     if nvcc is None:
         return "not built, and no nvcc found (set CUDA_HOME): the cuda backend cannot build"
-    return f"not built yet: compiles on first use on a GPU (about a minute) with {nvcc}, into {root}"
+    return f"not built yet: compiles on first use on a GPU (about a minute) with {nvcc}, into {build_dir}"

@@ -15,7 +15,7 @@ from .. import _backend
 from . import _ext
 
 _MAX_N = 16  # the kernels pad N up to 16 states in registers
-_TILE = 512  # steps per tile (csrc/selective_scan.h: kScanTile)
+_TILE = _ext.scan_tile  # steps per tile: one saved state per tile (csrc/selective_scan.h: kScanTile)
 
 
 def _f32(*tensors):

@@ -136,12 +136,13 @@ class SS2D(nn.Module):
         # Without autograd nothing needs the intermediates: activations run in place and z is made
         # after the core, so that the core's peak holds u and its own buffers, not z as well.
         inplace = not torch.is_grad_enabled()
-        if inplace and norm is not None:
+        renorm = inplace and norm is not None
+        if renorm:
             del x_t, h  # recomputed for z below
         u = F.silu(self.conv2d(u), inplace=inplace)  # (batch, d_inner, H, W)
         y = self.core(u)  # (batch, H, W, d_inner)
         del u
-        if inplace and norm is not None:
+        if renorm:
             h = norm(x)
         z = F.silu(F.linear(h, w_z), inplace=inplace)  # (batch, H, W, d_inner)
         return self.out_proj(y.mul_(z) if inplace else y * z)

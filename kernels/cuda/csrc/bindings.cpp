@@ -10,6 +10,9 @@
 
 namespace {
 
+// Entries of the forward's tile_states per sequence: one per tile of kScanTile steps.
+int64_t tiles_of(int64_t length) { return (length + mambaic::kScanTile - 1) / mambaic::kScanTile; }
+
 void check_cuda_fp32(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
   TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32 here, got ", t.scalar_type());
@@ -53,7 +56,7 @@ std::tuple<at::Tensor, at::Tensor> selective_scan_fwd(const at::Tensor& u, const
   check_shape(B, "B", {batch, groups, states, length});
   check_shape(C, "C", {batch, groups, states, length});
   auto y = at::empty_like(u);
-  auto tile_states = save_states ? u.new_empty({batch, channels, (length + mambaic::kScanTile - 1) / mambaic::kScanTile, states})
+  auto tile_states = save_states ? u.new_empty({batch, channels, tiles_of(length), states})
                                  : u.new_empty({0});
   mambaic::ScanFwdParams p{};
   p.dir[0] = {u.data_ptr<float>(), delta.data_ptr<float>(), nullptr, nullptr, A.data_ptr<float>(), B.data_ptr<float>(),
@@ -88,7 +91,7 @@ std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor
   check_shape(A, "A", {channels, states});
   check_shape(B, "B", {batch, groups, states, length});
   check_shape(C, "C", {batch, groups, states, length});
-  check_shape(tile_states, "tile_states", {batch, channels, (length + mambaic::kScanTile - 1) / mambaic::kScanTile, states});
+  check_shape(tile_states, "tile_states", {batch, channels, tiles_of(length), states});
   auto du = at::empty_like(u), ddelta = at::empty_like(u);
   auto dB = at::zeros_like(B), dC = at::zeros_like(C);
   auto dA_part = u.new_empty({batch, channels, states});
@@ -177,4 +180,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_scan_bwd", &selective_scan_bwd, "backward selective scan (float32) from the tile states");
   m.def("ss2d_fwd", &ss2d_fwd, "the four scans of the fused SS2D core into two accumulators");
   m.def("transpose", &transpose, "batched transpose, optionally accumulating");
+  m.attr("scan_tile") = mambaic::kScanTile;  // the fake kernels' tile_states shape
 }
