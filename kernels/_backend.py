@@ -26,6 +26,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from ._context import ContextSetting
+
 log = logging.getLogger("mambaic_kernels")
 
 ENV_VAR = "MAMBAIC_BACKEND"
@@ -83,14 +85,8 @@ _registry: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
 _load_errors: dict[str, str] = {}
 _loaded: set[str] = set()
 # use_backend's choice: one backend name for every op, or {op: name} for some ops.
-_override: contextvars.ContextVar[str | dict | None] = contextvars.ContextVar("mambaic_backend", default=None)
+_override: ContextSetting[str | dict | None] = ContextSetting("mambaic_backend", None)
 _recorders: contextvars.ContextVar[tuple[dict, ...]] = contextvars.ContextVar("mambaic_backend_record", default=())
-# The same choice for code that torch.compile traces: dynamo before torch 2.12 cannot trace
-# ContextVar.get (a graph break, an error under fullgraph=True), and a module global it reads is
-# guarded, so a compiled graph is traced again when the choice changes. Eager code reads the
-# ContextVar, which stays right across threads and tasks; traced code follows the latest
-# use_backend of any thread.
-_override_traced: str | dict | None = None
 _logged_auto: set[tuple] = set()
 
 
@@ -120,7 +116,7 @@ def _load(backend: str) -> str | None:
 def requested(op: str | None = None) -> tuple[str, str]:
     """The backend asked for ``op`` and who asked: the innermost :func:`use_backend` that names
     it (or names one backend for all ops), else ``$MAMBAIC_BACKEND``."""
-    value = _override_traced if torch.compiler.is_compiling() else _override.get()
+    value = _override.get()
     if isinstance(value, dict):
         value = value.get(op)
         if value is not None:
@@ -154,14 +150,8 @@ def use_backend(name: "str | dict[str, str]") -> Iterator[None]:
     if isinstance(name, dict):  # per op, on top of what an enclosing use_backend chose
         outer = _override.get()
         name = {**({op: outer for op in OPS} if isinstance(outer, str) else outer or {}), **name}
-    global _override_traced
-    token, traced = _override.set(name), _override_traced
-    _override_traced = name
-    try:
+    with _override.set(name):
         yield
-    finally:
-        _override.reset(token)
-        _override_traced = traced
 
 
 @contextlib.contextmanager

@@ -21,8 +21,6 @@ dtype before out_norm, so a half-precision model runs without autocast.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 
 import torch
@@ -30,24 +28,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mambaic_kernels as mk
+from mambaic_kernels._context import ContextSetting
 from mambaic_kernels.reference.ss2d_core import compose
 
 # Set by legacy_core(): SS2D cores run the public cross_scan, selective_scan and cross_merge ops
 # in sequence, as mambaic 0.1 did, whose arithmetic version 1 .mic files were encoded with.
-_LEGACY_CORE = contextvars.ContextVar("mambaic_legacy_core", default=False)
+_LEGACY_CORE = ContextSetting("mambaic_legacy_core", False)
 
 
-@contextlib.contextmanager
 def legacy_core():
     """Run every SS2D core as mambaic 0.1 did (the public cross_scan, selective_scan and
     cross_merge ops, the four directions stacked): the arithmetic of version 1 .mic files, which
     carry no checksums. The ss2d_core op does not give those bits: torch runs one direction at a
     time since 0.2, triton and cpu one fused scan per direction since 0.3."""
-    token = _LEGACY_CORE.set(True)
-    try:
-        yield
-    finally:
-        _LEGACY_CORE.reset(token)
+    return _LEGACY_CORE.set(True)
 
 
 def _public_cross_scan(x, channel_last):

@@ -272,8 +272,19 @@ class MambaIC(CompressionModel):
         _, z_likelihoods = self.entropy_bottleneck(z)
         z_offset = self.entropy_bottleneck._get_medians()
         z_hat = ste_round(z - z_offset) + z_offset
-        latent_means, latent_scales = self._hyper_synthesis(z_hat)
+        y_hat, y_likelihoods = self._slice_loop(y, *self._hyper_synthesis(z_hat))
+        x_hat = self.g_s(self._channels_last(y_hat))
+        return {
+            "x_hat": x_hat,
+            "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
+            "y": y,
+            "z": z,
+        }
 
+    def _slice_loop(self, y, latent_means, latent_scales):
+        """The forward's channel-conditional, checkerboard slice loop: (y_hat, y likelihoods).
+        A method of its own so that its intermediates are freed before the synthesis runs (the
+        peak of a large image's forward is in g_s)."""
         y_hat_slices, y_likelihoods = [], []
         for i, y_slice in enumerate(y.chunk(self.num_slices, dim=1)):
             mean_support, support = self._slice_support(i, latent_means, latent_scales, y_hat_slices)
@@ -288,14 +299,7 @@ class MambaIC(CompressionModel):
             y_hat_slice = y_hat_slice + self._lrp(i, mean_support, y_hat_slice)
             y_hat_slices.append(y_hat_slice)
             y_likelihoods.append(likelihoods)
-
-        x_hat = self.g_s(self._channels_last(torch.cat(y_hat_slices, dim=1)))
-        return {
-            "x_hat": x_hat,
-            "likelihoods": {"y": torch.cat(y_likelihoods, dim=1), "z": z_likelihoods},
-            "y": y,
-            "z": z,
-        }
+        return torch.cat(y_hat_slices, dim=1), torch.cat(y_likelihoods, dim=1)
 
     def _code_colour(self, y_slice, means, scales, colour, part, symbols_hook):
         """Entropy-code one checkerboard colour: returns (strings, y_hat on that colour).
