@@ -39,9 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable from a checkout
 
 from bench.timing import git_commit  # noqa: E402
+from mambaic.precision import PRECISIONS  # noqa: E402
 
 RESOLUTIONS = {"kodak": (768, 512), "1080p": (1920, 1080), "2K": (2048, 1536), "4K": (3840, 2160)}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STAGES = ("forward", "compress", "decompress")
 # Model parts for the breakdown: module name prefixes -> part.
 PARTS = {"analysis": ("g_a",), "hyperprior": ("h_a", "h_mean_s", "h_scale_s"), "synthesis": ("g_s",)}
@@ -224,26 +224,29 @@ def op_breakdown(model, x, device: str) -> dict:
 # ---------------------------------------------------------------- one (resolution, backend)
 
 
+def in_precision(model, precision: str, weights: dict) -> None:
+    """Put the model in ``precision``, from its float32 ``weights`` (a half-precision cast rounds them)."""
+    model.set_precision("fp32").load_state_dict(weights)
+    model.set_precision(precision)
+
+
 def run_one(model, x, backend: str, args, clock: Clock, compiled: bool = False) -> dict:
     """Every stage of args.stages on one backend; compiled: the forward alone, through
     torch.compile(model) (compress and decompress drive the entropy coder from Python)."""
     import mambaic_kernels as mk
     from mambaic_kernels import _backend
 
-    record = {"backend": backend + ("+compile" if compiled else "")}
+    record = {"backend": backend + ("+compile" if compiled else ""), "precision": model.precision}
     stages = ["forward"] if compiled else args.stages
     if compiled:
         torch._dynamo.reset()  # a fresh compilation for this backend
         model = torch.compile(model)
-    autocast = (torch.autocast(x.device.type, dtype=DTYPES[args.dtype]) if args.dtype != "fp32"
-                else contextlib.nullcontext())
     with mk.use_backend(backend), torch.no_grad(), _backend.recording() as used:
         record["ops"] = used  # which backend ran each op (filled as the stages run)
         strings = shape = None
 
         def forward():
-            with autocast:
-                model(x)
+            model(x)
 
         def compress():
             nonlocal strings, shape
@@ -259,8 +262,7 @@ def run_one(model, x, backend: str, args, clock: Clock, compiled: bool = False) 
             try:
                 fn()  # the first warm-up compiles and autotunes: never a measurement
                 if compiled:  # traced code records nothing: the ops as one eager forward dispatches them
-                    with autocast:
-                        model._orig_mod(x)
+                    model._orig_mod(x)
                 clock.sync()
                 clock.reset_peak()
                 first = clock.time_ms(fn)
@@ -286,15 +288,14 @@ def run_one(model, x, backend: str, args, clock: Clock, compiled: bool = False) 
                 break
         if isinstance(record.get("forward"), dict) and not compiled:  # module hooks see the eager model
             try:
-                with autocast:
-                    # each breakdown costs a forward, and the profiler ~10 us per kernel it records:
-                    # a backend that launches hundreds of thousands of tiny kernels (torch's scan on
-                    # a GPU) is not broken down
-                    if record["forward"]["p50_ms"] <= args.profile_limit * 1e3:
-                        record["modules_ms"] = module_breakdown(model, x, clock)
-                        record["ops_pct"] = op_breakdown(model, x, x.device.type)
-                    else:
-                        record["ops_pct"] = f"skipped (forward over --profile-limit {args.profile_limit:g} s)"
+                # each breakdown costs a forward, and the profiler ~10 us per kernel it records:
+                # a backend that launches hundreds of thousands of tiny kernels (torch's scan on
+                # a GPU) is not broken down
+                if record["forward"]["p50_ms"] <= args.profile_limit * 1e3:
+                    record["modules_ms"] = module_breakdown(model, x, clock)
+                    record["ops_pct"] = op_breakdown(model, x, x.device.type)
+                else:
+                    record["ops_pct"] = f"skipped (forward over --profile-limit {args.profile_limit:g} s)"
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
     return record
@@ -316,6 +317,12 @@ def machine(device: str) -> dict:
     return info
 
 
+def label(rec: dict) -> str:
+    """A record's name in tables and plots: its backend, and its precision unless fp32."""
+    precision = rec.get("precision", "fp32")
+    return rec["backend"] if precision == "fp32" else f"{rec['backend']} {precision}"
+
+
 def fmt_stage(rec) -> str:
     if rec is None:
         return "-"
@@ -326,19 +333,19 @@ def fmt_stage(rec) -> str:
 
 def table(results: list[dict], header: dict) -> str:
     lines = [f"device {header['device']} | torch {header['torch']} | triton {header['triton']} | "
-             f"CUDA {header['cuda']} | commit {header['commit']} | dtype {header['dtype']} | batch {header['batch']}", ""]
+             f"CUDA {header['cuda']} | commit {header['commit']} | precision {header['precision']} | batch {header['batch']}", ""]
     cols = ["res", "backend", "forward ms", "compress ms", "decompress ms", "peak MiB fwd/comp/dec", "speedup vs torch (fwd)",
             "memory vs torch (fwd)"]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for res in results:
-        base = next((r for r in res["backends"] if r["backend"] == "torch"), None)
         for r in res["backends"]:
+            base = next((b for b in res["backends"] if b["backend"] == "torch" and b.get("precision") == r.get("precision")), None)
             peaks = "/".join(f"{r[s]['peak_mib']:.0f}" if isinstance(r.get(s), dict) else "-" for s in STAGES)
             speed = mem = "-"
             if base and isinstance(base.get("forward"), dict) and isinstance(r.get("forward"), dict):
                 speed = f"{base['forward']['p50_ms'] / r['forward']['p50_ms']:.2f}x"
                 mem = f"{r['forward']['peak_mib'] / base['forward']['peak_mib']:.2f}x"
-            lines.append(f"| {res['name']} {res['width']}x{res['height']} | {r['backend']} | {fmt_stage(r.get('forward'))} | "
+            lines.append(f"| {res['name']} {res['width']}x{res['height']} | {label(r)} | {fmt_stage(r.get('forward'))} | "
                          f"{fmt_stage(r.get('compress'))} | {fmt_stage(r.get('decompress'))} | {peaks} | {speed} | {mem} |")
     lines += ["", "Breakdown of one forward (ms per module; % of time per op):", ""]
     for res in results:
@@ -347,7 +354,7 @@ def table(results: list[dict], header: dict) -> str:
                 mods = ", ".join(f"{k} {v:.1f}" for k, v in r.get("modules_ms", {}).items()) or "modules skipped"
                 pct = r.get("ops_pct", {})
                 ops = ", ".join(f"{k} {v:.0f}%" for k, v in pct.items()) if isinstance(pct, dict) else f"ops {pct}"
-                lines.append(f"- {res['name']} {r['backend']}: {mods}; {ops}")
+                lines.append(f"- {res['name']} {label(r)}: {mods}; {ops}")
     return "\n".join(lines)
 
 
@@ -358,11 +365,11 @@ def plot(results: list[dict], path: str, header: dict | None = None) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
-    backends = sorted({r["backend"] for res in results for r in res["backends"]})
-    for b in backends:
+    labels = sorted({label(r) for res in results for r in res["backends"]})
+    for b in labels:
         px, t, m = [], [], []
         for res in results:
-            r = next((r for r in res["backends"] if r["backend"] == b), None)
+            r = next((r for r in res["backends"] if label(r) == b), None)
             if r and isinstance(r.get("forward"), dict):
                 px.append(res["width"] * res["height"] / 1e6)
                 t.append(r["forward"]["p50_ms"])
@@ -370,7 +377,7 @@ def plot(results: list[dict], path: str, header: dict | None = None) -> None:
         (line,) = ax_t.plot(px, t, "o-", label=b)
         ax_m.plot(px, m, "o-", label=b)
         for res in results:  # out of memory: a cross at the top of both panels, in the line's colour
-            r = next((r for r in res["backends"] if r["backend"] == b), None)
+            r = next((r for r in res["backends"] if label(r) == b), None)
             if r and r.get("forward") == "OOM":
                 for ax in (ax_t, ax_m):
                     ax.annotate(f"{b} OOM", (res["width"] * res["height"] / 1e6, 0.97), xycoords=("data", "axes fraction"),
@@ -383,7 +390,7 @@ def plot(results: list[dict], path: str, header: dict | None = None) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     if header:
-        fig.suptitle(f"MambaIC full model, {header['dtype']}, batch {header['batch']}: {header['device']}, "
+        fig.suptitle(f"MambaIC full model, {header['precision']}, batch {header['batch']}: {header['device']}, "
                      f"torch {header['torch']}, commit {header['commit']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -399,7 +406,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", nargs="+", default=None,
                         help="backends to compare (default: every available one, plus vmamba when importable); "
                              "auto: each op on the fastest backend that takes it, as users run it")
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="forward precision (autocast); coding stays fp32")
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
+                        help="precision modes of the transforms (MambaIC.set_precision), several side by side (default fp32)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs per stage, at least 1: the first compiles (default: 2 on GPU, 1 on CPU)")
     parser.add_argument("--iters", type=int, default=None, help="timed runs per stage (default: 10 on GPU, 3 on CPU)")
@@ -468,15 +476,17 @@ def main(argv=None) -> int:
         model = mambaic.MambaIC()
     model = model.to(device).eval()
     model.update(force=True)
+    weights = {k: v.to("cpu", copy=True) for k, v in model.state_dict().items()}  # the float32 weights
 
     from tqdm import tqdm
 
-    header = {**machine(device), "dtype": args.dtype, "batch": args.batch, "warmup": args.warmup, "iters": args.iters,
+    header = {**machine(device), "precision": " ".join(args.precision), "batch": args.batch, "warmup": args.warmup, "iters": args.iters,
               "command": " ".join(["python bench/latency.py"] + (argv if argv is not None else sys.argv[1:]))}
     results = []
     too_slow = {}  # backend -> why larger resolutions are skipped
     args.res = sorted(args.res, key=lambda r: r[1] * r[2])  # small first, so a slow backend stops early
-    total = len(args.res) * len(backends) * (len(args.stages) + args.compile)
+    steps = len(args.precision) * (len(args.stages) + args.compile)  # progress steps per (resolution, backend)
+    total = len(args.res) * len(backends) * steps
     with tqdm(total=total, desc="latency", unit="stage", file=sys.stderr) as bar:
         args.progress = bar.update
         for name, width, height in args.res:
@@ -487,14 +497,14 @@ def main(argv=None) -> int:
                 x = torch.rand(args.batch, 3, H, W, device=device)
             except torch.cuda.OutOfMemoryError:
                 res["backends"] = [{"backend": b, **{s: "OOM" for s in args.stages}} for b in backends]
-                bar.update(len(backends) * (len(args.stages) + args.compile))
+                bar.update(len(backends) * steps)
                 results.append(res)
                 continue
             for backend in backends:
                 bar.set_postfix_str(f"{name} {W}x{H} {backend}")
                 if backend in too_slow:
                     res["backends"].append({"backend": backend, **{s: f"skipped ({too_slow[backend]})" for s in args.stages}})
-                    bar.update(len(args.stages) + args.compile)
+                    bar.update(steps)
                     continue
                 need = estimated_peak_mib(backend, device, W, H, args.batch)
                 have = available_mib(device)
@@ -504,15 +514,17 @@ def main(argv=None) -> int:
                     print(f"{name} {W}x{H} {backend}: skipped: a forward {why}; try {hint}--res kodak or a smaller "
                           f"WxH (--ignore-memory-estimate runs it anyway)", file=sys.stderr)
                     res["backends"].append({"backend": backend, **{s: f"skipped ({why})" for s in args.stages}})
-                    bar.update(len(args.stages) + args.compile)
+                    bar.update(steps)
                     continue
-                rec = run_one(model, x, backend, args, Clock(device))
-                res["backends"].append(rec)
-                if args.compile:
-                    res["backends"].append(run_one(model, x, backend, args, Clock(device), compiled=True))
-                fwd = rec.get("forward")
-                if isinstance(fwd, dict) and fwd["p50_ms"] > args.max_seconds * 1e3:
-                    too_slow[backend] = f"forward took {fwd['p50_ms'] / 1e3:.0f} s at {name}"
+                for precision in args.precision:
+                    in_precision(model, precision, weights)
+                    rec = run_one(model, x, backend, args, Clock(device))
+                    res["backends"].append(rec)
+                    if args.compile:
+                        res["backends"].append(run_one(model, x, backend, args, Clock(device), compiled=True))
+                    fwd = rec.get("forward")
+                    if isinstance(fwd, dict) and fwd["p50_ms"] > args.max_seconds * 1e3:
+                        too_slow[backend] = f"forward took {fwd['p50_ms'] / 1e3:.0f} s at {name}"
                 if device == "cuda":
                     torch.cuda.empty_cache()
             del x

@@ -9,13 +9,16 @@ import sys
 import torch
 
 from mambaic.checkpoint import load_checkpoint, random_model
+from mambaic.precision import PRECISIONS
 
 
 class UserError(Exception):
     """A mistake in the command line or its files: printed as `Error: ...`, no traceback."""
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, device_help: str, threads_help: str) -> None:
+def add_model_arguments(
+    parser: argparse.ArgumentParser, device_help: str, threads_help: str, precision_help: str
+) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="CKPT", help="official or mambaic checkpoint (.pth.tar)")
     source.add_argument(
@@ -33,6 +36,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, device_help: str, threa
         choices=("auto", "cpu", "cuda"),
         default="auto",
         help="where the model runs (default auto: " + device_help + ")",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="arithmetic of the analysis and synthesis transforms (default " + precision_help + "): fp32 as the "
+        "official code; tf32 (TF32 tensor cores), bf16, fp16 faster on GPUs, at a small cost in quality",
     )
     parser.add_argument(
         "--threads",
@@ -93,8 +102,9 @@ def resolve_threads(args: argparse.Namespace, recorded: int | None = None) -> in
     return torch.get_num_threads()
 
 
-def build_model(args: argparse.Namespace, device: str, defaults: dict | None = None):
-    """The model the options ask for, on ``device``; ``defaults`` fill unset size options."""
+def build_model(args: argparse.Namespace, device: str, defaults: dict | None = None, precision: str | None = None):
+    """The model the options ask for, on ``device``, in ``--precision`` (else ``precision``, else
+    fp32); ``defaults`` fill unset size options."""
     sizes = size_options(args)
     if args.checkpoint:
         if sizes:
@@ -108,7 +118,7 @@ def build_model(args: argparse.Namespace, device: str, defaults: dict | None = N
             model = random_model(args.seed, **{**(defaults or {}), **sizes})
         except ValueError as exc:
             raise UserError(str(exc)) from None
-    return model.to(device)
+    return model.to(device).set_precision(args.precision or precision or "fp32")
 
 
 def run_command(run, args) -> int:

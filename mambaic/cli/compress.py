@@ -70,5 +70,5 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mambaic compress", description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="image file (PNG, JPEG, ... read with PIL)")
     parser.add_argument("output", help="the .mic file to write (atomically)")
-    add_model_arguments(parser, device_help="cuda if there is a GPU, else cpu", threads_help="torch's")
+    add_model_arguments(parser, device_help="cuda if there is a GPU, else cpu", threads_help="torch's", precision_help="fp32")
     return run_command(run, parser.parse_args(argv))

@@ -17,6 +17,8 @@ import sys
 import time
 import warnings
 
+from mambaic.precision import PRECISIONS
+
 from ._model import UserError, add_model_arguments, build_model, resolve_device, resolve_threads, run_command
 from .compress import sync
 
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace) -> None:
         resolve_threads(args)
     t0 = time.perf_counter()
     sizes = dict(N=mic.N, M=mic.M, depths=mic.depths, num_slices=mic.num_slices, z_channels=mic.z_channels)
-    model = build_model(args, device, defaults=sizes)
+    precision = recorded.get("precision")
+    model = build_model(args, device, defaults=sizes, precision=precision if precision in PRECISIONS else None)
     model.update()
     fingerprint = weights_fingerprint(model)
     t1 = time.perf_counter()
@@ -86,5 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         parser,
         device_help="the encoder's, if this machine has it, else cpu",
         threads_help="the encoder's when both run on the CPU, else torch's",
+        precision_help="the encoder's; another is refused",
     )
     return run_command(run, parser.parse_args(argv))

@@ -6,10 +6,12 @@ from .image_codec import Encoded, decode_image, encode_image, encoder_backends, 
 from .verify import (
     LatentMismatchError,
     ModelMismatchError,
+    PrecisionMismatchError,
     TablesMismatchError,
     UnverifiedFileWarning,
     WeightsMismatchError,
     check_model,
+    check_precision,
 )
 
 __all__ = [
@@ -20,10 +22,12 @@ __all__ = [
     "MicFile",
     "MicFormatError",
     "ModelMismatchError",
+    "PrecisionMismatchError",
     "TablesMismatchError",
     "UnverifiedFileWarning",
     "WeightsMismatchError",
     "check_model",
+    "check_precision",
     "decode_image",
     "encode_image",
     "encoder_backends",

@@ -30,7 +30,7 @@ from mambaic_kernels import _backend
 from . import platform as plat
 from .container import MicFile, MicFormatError, latent_checksum
 from .fingerprint import legacy_fingerprint, tables_fingerprint, weights_fingerprint
-from .verify import LatentVerifier, UnverifiedFileWarning, WeightsMismatchError, check_model
+from .verify import LatentVerifier, UnverifiedFileWarning, WeightsMismatchError, check_model, check_precision
 
 
 @dataclass
@@ -168,13 +168,15 @@ def decode_image(
     """Decode .mic bytes (or a parsed :class:`MicFile`) to (x_hat (1, 3, H, W) in [0, 1], y_hat).
 
     Raises :class:`MicFormatError` for a damaged file, :class:`WeightsMismatchError` /
-    :class:`TablesMismatchError` for another model, and :class:`LatentMismatchError` as soon as
+    :class:`TablesMismatchError` for another model, :class:`PrecisionMismatchError` for a model
+    in another precision than the encoder's, and :class:`LatentMismatchError` as soon as
     a decoded part's checksum differs from the encoder's (this platform's arithmetic differs:
     the message says how and what to do). With ``follow_encoder`` and no backend chosen
     explicitly, each op runs on the backend the file records, where this machine has it.
     A version 1 file decodes with an :class:`UnverifiedFileWarning`.
     """
     mic = data if isinstance(data, MicFile) else read_mic(data, source)
+    check_precision(mic, model, source)
     model.update()
     if fingerprint is None:
         fingerprint = weights_fingerprint(model)

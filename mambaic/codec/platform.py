@@ -24,14 +24,17 @@ from importlib import metadata
 
 import torch
 
-PRECISIONS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+from mambaic.precision import name_of
+
 # In the order an error message lists them: the facts most likely to explain a difference first.
 FACTS = ("device", "device_name", "backends", "precision", "threads", "torch", "triton", "cuda", "compressai", "mambaic")
 
 
 def precision_of(model: torch.nn.Module) -> str:
-    dtype = next(model.parameters()).dtype
-    return PRECISIONS.get(dtype, str(dtype).replace("torch.", ""))
+    """The model's precision mode (MambaIC.precision), else the name of its weights' dtype."""
+    if hasattr(model, "precision"):
+        return model.precision
+    return name_of(next(model.parameters()).dtype)
 
 
 @functools.lru_cache(maxsize=None)

@@ -27,6 +27,11 @@ class TablesMismatchError(ModelMismatchError):
     """Same weights, but the entropy coder's tables differ from the encoder's."""
 
 
+class PrecisionMismatchError(ModelMismatchError):
+    """The .mic file was encoded in another precision mode (fp32, tf32, bf16, fp16) than the
+    decoder's model runs in: y and x_hat depend on it."""
+
+
 class LatentMismatchError(ValueError):
     """A decoded part's symbols differ from the encoder's: this platform cannot decode the file.
 
@@ -41,6 +46,17 @@ class LatentMismatchError(ValueError):
 
 class UnverifiedFileWarning(UserWarning):
     """A version 1 file: it records no latent checksums, so its decode cannot be verified."""
+
+
+def check_precision(mic: MicFile, model: torch.nn.Module, source: str) -> None:
+    """Refuse to decode ``mic`` in another precision than the encoder's (before the weights are
+    compared: a model cast to another precision also has another fingerprint)."""
+    recorded, here = (mic.platform or {}).get("precision"), plat.precision_of(model)
+    if recorded is not None and recorded != here:
+        raise PrecisionMismatchError(
+            f"{source}: encoded in {recorded}, but this model runs in {here}; decode in {recorded} "
+            f"(mambaic decompress --precision {recorded}, or model.set_precision({recorded!r}))"
+        )
 
 
 def check_model(mic: MicFile, model: torch.nn.Module, fingerprint: bytes, tables: bytes | None, source: str) -> None:

@@ -11,6 +11,7 @@ from compressai.models import CompressionModel
 from compressai.models.base import get_scale_table
 from compressai.registry import register_model
 
+from mambaic import precision as prec
 from mambaic.layers import CheckerboardMaskedConv2d, SWAtten, VSSBlock, conv, deconv
 
 from . import checkerboard as cb
@@ -32,6 +33,11 @@ def ste_round(x: torch.Tensor) -> torch.Tensor:
     code does so that the float result is bit-identical: ``round(x) - x + x`` is not always
     ``round(x)`` in floating point."""
     return torch.round(x) - x.detach() + x
+
+
+def _dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of a module's weights."""
+    return next(module.parameters()).dtype
 
 
 def _rates(drop_path_rate: float, n: int) -> list[float]:
@@ -168,6 +174,7 @@ class MambaIC(CompressionModel):
             CheckerboardMaskedConv2d(slice_ch, 2 * slice_ch, kernel_size=5) for _ in range(num_slices)
         )
         self.gaussian_conditional = GaussianConditional(None)
+        self._tf32 = False  # set_precision("tf32"); not part of the state dict
 
     # -- the steps of the slice loop, shared by forward, compress and decompress ------------------
 
@@ -267,13 +274,13 @@ class MambaIC(CompressionModel):
         Returns {"x_hat", "likelihoods": {"y", "z"}, "y", "z"}; x_hat is not clamped.
         """
         self._check_input(x, "forward")
-        y = self.g_a(self._channels_last(x))
+        y = self._analysis(x)
         z = self.h_a(y)
         _, z_likelihoods = self.entropy_bottleneck(z)
         z_offset = self.entropy_bottleneck._get_medians()
         z_hat = ste_round(z - z_offset) + z_offset
         y_hat, y_likelihoods = self._slice_loop(y, *self._hyper_synthesis(z_hat))
-        x_hat = self.g_s(self._channels_last(y_hat))
+        x_hat = self._synthesis(y_hat)
         return {
             "x_hat": x_hat,
             "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
@@ -360,7 +367,7 @@ class MambaIC(CompressionModel):
         (see :data:`SymbolsHook`).
         """
         self._check_input(x, "compress")
-        y = self.g_a(self._channels_last(x))
+        y = self._analysis(x)
         z = self.h_a(y)
         z_strings, z_hat = self._code_z(z, symbols_hook)
         latent_means, latent_scales = self._hyper_synthesis(z_hat)
@@ -411,7 +418,37 @@ class MambaIC(CompressionModel):
             y_hat_slice = y_hat_slice + self._lrp(i, mean_support, y_hat_slice)
             y_hat_slices.append(y_hat_slice)
         y_hat = torch.cat(y_hat_slices, dim=1)
-        return {"x_hat": self.g_s(self._channels_last(y_hat)).clamp_(0, 1), "y_hat": y_hat}
+        return {"x_hat": self._synthesis(y_hat).clamp_(0, 1), "y_hat": y_hat}
+
+    # -- precision ----------------------------------------------------------------------------------
+
+    @property
+    def precision(self) -> str:
+        """The precision of the transforms g_a and g_s: fp32, tf32, bf16 or fp16 (see
+        :mod:`mambaic.precision`)."""
+        return prec.name_of(_dtype(self.g_a), self._tf32)
+
+    def set_precision(self, precision: str) -> "MambaIC":
+        """Run the transforms g_a and g_s in ``precision`` (fp32, tf32, bf16, fp16; see
+        :mod:`mambaic.precision`): their weights are cast to its dtype, the entropy model's to
+        float32, where it always runs. Returns the model, as ``Module.to`` does."""
+        dtype = prec.dtype_of(precision)
+        self.float()
+        self.g_a.to(dtype), self.g_s.to(dtype)
+        self._tf32 = precision == "tf32"
+        return self
+
+    def _analysis(self, x: torch.Tensor) -> torch.Tensor:
+        """y = g_a(x) in the transforms' precision, returned in the entropy model's dtype."""
+        with prec.arithmetic(self.precision):
+            y = self.g_a(self._channels_last(x.to(_dtype(self.g_a))))
+        return y.to(_dtype(self.h_a))
+
+    def _synthesis(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """x_hat = g_s(y_hat) in the transforms' precision, returned in y_hat's dtype."""
+        with prec.arithmetic(self.precision):
+            x_hat = self.g_s(self._channels_last(y_hat.to(_dtype(self.g_s))))
+        return x_hat.to(y_hat.dtype)
 
     # -- checkpoints ---------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ def test_latency_tiny_cpu(tmp_path, capsys):
                        "--warmup", "0", "--iters", "1", "--json", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
-    for key in ("device", "torch", "triton", "cuda", "commit", "dtype", "batch", "command"):
+    for key in ("device", "torch", "triton", "cuda", "commit", "precision", "batch", "command"):
         assert key in data["machine"], key
     (res,) = data["results"]
     assert (res["name"], res["width"], res["height"], res["padded"]) == ("128x128", 128, 128, [128, 128])
@@ -90,3 +90,16 @@ def test_size_that_cannot_fit_is_skipped_with_a_reason(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert "2K 2048x1536 torch: skipped: a forward needs about 42.9 GiB" in err
     assert "try --backend cpu, --res kodak or a smaller WxH (--ignore-memory-estimate runs it anyway)" in err
+
+
+def test_precisions_side_by_side(tmp_path, capsys):
+    out = tmp_path / "lat.json"
+    rc = latency.main(["--res", "128x128", "--device", "cpu", "--backend", "torch", "--config", "8,10,0,0,1,0",
+                       "--warmup", "0", "--iters", "1", "--stages", "forward", "--profile-limit", "0",
+                       "--precision", "fp32", "bf16", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["machine"]["precision"] == "fp32 bf16"
+    assert [(r["backend"], r["precision"]) for r in data["results"][0]["backends"]] == [("torch", "fp32"), ("torch", "bf16")]
+    table = capsys.readouterr().out
+    assert "| 128x128 128x128 | torch |" in table and "| 128x128 128x128 | torch bf16 |" in table

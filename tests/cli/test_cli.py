@@ -196,3 +196,20 @@ def test_version_1_file_decodes_with_a_warning(tmp_path, capsys):
     assert code == 0, err
     assert "Warning: " in err and "records no latent checksums, so this decode cannot be verified" in err
     assert (tmp_path / "o.png").exists() and "verified" not in out
+
+
+def test_precision_is_recorded_followed_and_enforced(tmp_path, capsys, photo_png):
+    mic, png = tmp_path / "c.mic", tmp_path / "c.png"
+    code, out, err = run(capsys, compress, [photo_png, mic, *TINY_ARGS, "--precision", "bf16"])
+    assert code == 0 and out.rstrip().endswith(", bf16"), (out, err)
+    # decompress runs in the file's precision by default
+    code, out, err = run(capsys, decompress, [mic, png, "--random-init", "--seed", "3"])
+    assert code == 0 and png.exists(), err
+    # another precision is refused, and nothing is written
+    other = tmp_path / "other.png"
+    code, out, err = run(capsys, decompress, [mic, other, "--random-init", "--seed", "3", "--precision", "fp32"])
+    assert code == 1 and err.startswith(f"Error: {mic}: encoded in bf16, but this model runs in fp32"), err
+    assert "Nothing was written." in err and not other.exists()
+    with pytest.raises(SystemExit) as caught:
+        compress.main([str(photo_png), str(mic), *TINY_ARGS, "--precision", "half"])
+    assert caught.value.code == 2 and "invalid choice: 'half'" in capsys.readouterr().err

@@ -1,0 +1,135 @@
+"""What a reduced precision costs against fp32, with the same weights, on real photographs.
+
+    python bench/precision_cost.py                              # random weights, every precision
+    python bench/precision_cost.py --checkpoint ckpt.pth.tar --json out.json
+
+For crops of scikit-image's bundled photographs (astronaut, coffee, chelsea) at several sizes,
+each precision mode (MambaIC.set_precision) encodes and decodes the crop through the .mic codec
+(real strings) and runs the forward; against fp32 with the same weights we report:
+
+- PSNR between the fp32 and the reduced-precision reconstructions (decoded images, [0, 1]);
+- the estimated bpp (forward likelihoods) and the actual bpp (the entropy-coded strings; the
+  header, whose platform record names the precision, is left out), their relative change;
+- the share of integer latents (y_hat - means, rounded) that differ from fp32's.
+
+With random weights (the default) the model is not a codec that reconstructs the image, so only
+the differences between precisions mean something, not the PSNR against the photograph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable from a checkout
+
+from bench.timing import git_commit  # noqa: E402
+
+PHOTOS = ("astronaut", "coffee", "chelsea")
+SIZES = ((128, 128), (256, 256), (256, 384))  # (H, W): every photo holds them
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+def crop(name: str, height: int, width: int) -> torch.Tensor:
+    """The centre crop of a scikit-image photograph, (1, 3, H, W) float in [0, 1]."""
+    from skimage import data
+
+    rgb = getattr(data, name)()
+    top, left = (rgb.shape[0] - height) // 2, (rgb.shape[1] - width) // 2
+    rgb = rgb[top : top + height, left : left + width]
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float((a.double() - b.double()).square().mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def measure(model, x: torch.Tensor) -> dict:
+    """Forward (estimated bpp) and a real encode / decode of one crop."""
+    from mambaic.codec import decode_image, encode_image
+
+    pixels = x.shape[-2] * x.shape[-1]
+    with torch.no_grad():
+        out = model(x)
+    estimated = sum(float(-torch.log2(v).sum()) for v in out["likelihoods"].values()) / pixels
+    encoded = encode_image(model, x)
+    x_hat, y_hat = decode_image(model, encoded.data)
+    return {"x_hat": x_hat.float().cpu(), "y_hat": y_hat.cpu(), "estimated_bpp": estimated,
+            "actual_bpp": encoded.bits_per_pixel(whole_file=False)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", help="weights to use (default: random, seed 0)")
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS[1:], default=list(PRECISIONS[1:]))
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--config", help="N,M,d0,d1,d2,d3 for a smaller random model (tests)")
+    parser.add_argument("--sizes", nargs="+", default=[f"{h}x{w}" for h, w in SIZES], help="HxW crops")
+    parser.add_argument("--json", metavar="OUT.json")
+    args = parser.parse_args(argv)
+
+    import mambaic
+    from tqdm import tqdm
+
+    if args.checkpoint:
+        model = mambaic.load_checkpoint(args.checkpoint)
+    elif args.config:
+        N, M, *depths = (int(v) for v in args.config.split(","))
+        model = mambaic.random_model(0, N=N, M=M, depths=tuple(depths))
+    else:
+        model = mambaic.random_model(0)
+    model = model.to(args.device).eval()
+    model.update()
+    weights = {k: v.to("cpu", copy=True) for k, v in model.state_dict().items()}
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
+    crops = [(name, h, w) for name in PHOTOS for h, w in sizes]
+
+    rows = []
+    with tqdm(total=len(crops) * (1 + len(args.precision)), desc="precision cost", unit="coding", file=sys.stderr) as bar:
+        for name, h, w in crops:
+            x = crop(name, h, w).to(args.device)
+            model.set_precision("fp32").load_state_dict(weights)
+            ref = measure(model, x)
+            bar.update()
+            for precision in args.precision:
+                model.set_precision("fp32").load_state_dict(weights)
+                got = measure(model.set_precision(precision), x)
+                bar.update()
+                rows.append({
+                    "photo": name, "height": h, "width": w, "precision": precision,
+                    "psnr_vs_fp32_db": psnr(got["x_hat"], ref["x_hat"]),
+                    "estimated_bpp": got["estimated_bpp"], "estimated_bpp_fp32": ref["estimated_bpp"],
+                    "actual_bpp": got["actual_bpp"], "actual_bpp_fp32": ref["actual_bpp"],
+                    "flipped_latents_pct": 100 * float((got["y_hat"] != ref["y_hat"]).float().mean()),
+                })  # fmt: skip
+
+    lines = ["| precision | PSNR vs fp32 (dB), min / median | estimated bpp change, median / max | "
+             "actual bpp change, median / max | latents that differ from fp32, median / max |", "|---|---|---|---|---|"]
+    for precision in args.precision:
+        sel = [r for r in rows if r["precision"] == precision]
+        p = [r["psnr_vs_fp32_db"] for r in sel]
+        est = [100 * abs(r["estimated_bpp"] / r["estimated_bpp_fp32"] - 1) for r in sel]
+        act = [100 * abs(r["actual_bpp"] / r["actual_bpp_fp32"] - 1) for r in sel]
+        flips = [r["flipped_latents_pct"] for r in sel]
+        lines.append(f"| {precision} | {min(p):.1f} / {statistics.median(p):.1f} | {statistics.median(est):.2f}% / "
+                     f"{max(est):.2f}% | {statistics.median(act):.2f}% / {max(act):.2f}% | "
+                     f"{statistics.median(flips):.2f}% / {max(flips):.2f}% |")
+    device = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU"
+    header = (f"{device} | torch {torch.__version__} | commit {git_commit()} | "
+              f"{'checkpoint ' + args.checkpoint if args.checkpoint else 'random weights (seed 0)'} | "
+              f"{len(crops)} crops: {', '.join(PHOTOS)} at {', '.join(args.sizes)}")
+    print(header + "\n\n" + "\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
