@@ -25,5 +25,5 @@ def test_precision_cost_tiny_cpu(tmp_path, capsys):
         else:
             assert 30 < r["psnr_vs_fp32_db"] < float("inf") and r["actual_bpp"] > 0
     table = capsys.readouterr().out
-    assert "| tf32 | inf / inf | 0.00% / 0.00% | 0.00% / 0.00% | 0.00% / 0.00% |" in table
+    assert "| tf32 | inf / inf | inf / inf | 0.00% / 0.00% | 0.00% / 0.00% | 0.00% / 0.00% |" in table
     assert "| bf16 |" in table
