@@ -31,7 +31,7 @@ def _build():
     try:
         return cpp_extension.load(
             name="mambaic_cpu_selective_scan",
-            sources=[str(csrc / "selective_scan.cpp"), str(csrc / "cross_scan.cpp")],
+            sources=[str(csrc / "selective_scan.cpp"), str(csrc / "cross_scan.cpp"), str(csrc / "ss2d_core.cpp")],
             extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             verbose=False,
@@ -53,35 +53,27 @@ cross_scan, cross_merge = make_cross_ops(_ext)
 
 
 def _ss2d_core_fused(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
-    """The forward, one C++ scan per direction into two float32 accumulators (the layout of the
-    triton backend's fused core, kernels/triton/ss2d_core.py): the column-major pair (k = 1, 3)
-    on u's transposed copy, then the row-major pair on u; the reversed directions read their
-    sequence backwards in place; delta computed in the scan from the x_proj output's R rows. At
-    most three (batch, dim, L) maps live besides u, against the stacked composition's twelve."""
+    """The forward: for each direction, its x_proj output (batch, L, R + 2N), one row per step
+    (a matmul on u's positions), then its C++ scan (csrc/ss2d_core.cpp), which reads u at the
+    step's position and adds into the channel-last output. Besides u and the output, no map of
+    u's size exists (the accumulator form of mambaic 0.3 kept three)."""
     f = torch.float32
     batch, D, H, W = u.shape
     L = H * W
-    R, N = dt_projs_weight.shape[2], A_logs.shape[1]
-    C = R + 2 * N
-    A = (-torch.exp(A_logs.to(f))).view(4, D, N)
-    skip, bias = Ds.to(f).view(4, D), dt_projs_bias.to(f).contiguous()
-    w_x, w_dt = x_proj_weight.to(f), dt_projs_weight.to(f).contiguous()
-    u = u.to(f)
-    acc = {}
-    for first in (1, 0):
-        seq = (u.transpose(2, 3) if first == 1 else u).reshape(batch, D, L).contiguous()
-        dbl = torch.matmul(w_x[first::2].reshape(2 * C, D), seq)  # (batch, 2 (R + 2N), L) in seq's order
-        acc[first] = u.new_empty((batch, D, L))
-        for k in (first, first + 2):
-            rows = dbl[:, (k // 2) * C : (k // 2 + 1) * C]
-            _ext.ss2d_direction_fwd(seq, rows[:, :R], w_dt[k], A[k].contiguous(), rows[:, R : R + N],
-                                    rows[:, R + N :], skip[k].contiguous(), bias[k].contiguous(), acc[first],
-                                    k >= 2, k >= 2)  # fmt: skip
-        del seq, dbl
+    C = x_proj_weight.shape[1]
+    A = (-torch.exp(A_logs.to(f))).view(4, D, -1)
+    skip, bias = Ds.to(f).view(4, D), dt_projs_bias.to(f)
+    w_x, w_dt = x_proj_weight.to(f), dt_projs_weight.to(f)
+    u = u.to(f).contiguous()
+    positions = u.view(batch, D, L).transpose(1, 2)  # (batch, L, D), a view
     out = u.new_empty((batch, H, W, D))
-    # rows + cols transposed back, written channel-last (the layout out_norm reads)
-    torch.add(acc[0].view(batch, D, H, W).permute(0, 2, 3, 1), acc[1].view(batch, D, W, H).permute(0, 3, 2, 1),
-              out=out)  # fmt: skip
+    for k in range(4):
+        proj = torch.matmul(positions, w_x[k].t())  # (batch, L, R + 2N), one row per position
+        if k % 2:  # the column directions read their rows in column-major order
+            proj = proj.view(batch, H, W, C).transpose(1, 2).contiguous()
+        _ext.ss2d_direction_cl(u, proj.view(batch, L, C), w_dt[k].contiguous(), A[k].contiguous(),
+                               skip[k].contiguous(), bias[k].contiguous(), out, k % 2 == 1, k >= 2, k > 0)
+        del proj
     return out
 
 
@@ -99,7 +91,8 @@ register_fused_core(ss2d_core_fwd_cpu, lambda: selective_scan)
 
 def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
     # Fused over the C++ scan (bench/RESULTS.md: faster and leaner than the stacked composition of
-    # the C++ cross-scan, scan and cross-merge that this backend ran before mambaic 0.3).
+    # the C++ cross-scan, scan and cross-merge that this backend ran before mambaic 0.3, and than
+    # its accumulator form of 0.3).
     return ss2d_core_fwd_cpu(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
 
 

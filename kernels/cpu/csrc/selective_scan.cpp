@@ -25,51 +25,33 @@ constexpr int64_t kChannelBlock = 32;  // channels of one group per task: enough
   TORCH_CHECK((x).is_contiguous(), "selective_scan_fwd_cpu: " name " must be contiguous")
 
 // One block of channels of one (batch, group): the states of a channel live in h[] across chunks.
-// Step t reads and writes position t of its rows, or L - 1 - t when `reverse` (ss2d_core's
-// reversed scan directions, read in place); `accumulate` adds y to what y already holds.
-// The direction is a template argument so that the step loops keep a constant stride (they vectorise).
-// Delta is read from `delta`, or (ss2d_core) computed per step from the R rows of `proj`, the
-// delta-rank part of the x_proj output, as w[c] . proj[:, t]: no delta tensor is written.
-template <int kN, bool kReverse>
-void scan_block(const float* u, const float* delta, const float* proj, const float* w, int64_t R, const float* A,
-                const float* B, const float* C, const float* D, const float* bias, float* y, int64_t L,
-                int64_t n_state, int64_t c0, int64_t c1, bool delta_softplus, bool accumulate, float* Bt, float* Ct,
-                float* dts, float* dtus, float* states) {
+template <int kN>
+void scan_block(const float* u, const float* delta, const float* A, const float* B, const float* C, const float* D,
+                const float* bias, float* y, int64_t L, int64_t n_state, int64_t c0, int64_t c1, bool delta_softplus,
+                float* Bt, float* Ct, float* dts, float* dtus, float* states) {
   const int64_t N = kN > 0 ? kN : n_state;
-  constexpr int64_t step = kReverse ? -1 : 1;
-  const bool reverse = kReverse;
   std::fill(states, states + (c1 - c0) * N, 0.f);
   for (int64_t t0 = 0; t0 < L; t0 += kChunk) {
     const int64_t tn = std::min(kChunk, L - t0);
-    const int64_t p0 = reverse ? L - 1 - t0 : t0;  // position of the chunk's first step
     for (int64_t n = 0; n < N; ++n)
       for (int64_t t = 0; t < tn; ++t) {
-        Bt[t * N + n] = B[n * L + p0 + step * t];
-        Ct[t * N + n] = C[n * L + p0 + step * t];
+        Bt[t * N + n] = B[n * L + t0 + t];
+        Ct[t * N + n] = C[n * L + t0 + t];
       }
     for (int64_t c = c0; c < c1; ++c) {
       float* h = states + (c - c0) * N;
       const float* a = A + c * N;
-      const float* uc = u + c * L + p0;
-      const float* dc = proj ? nullptr : delta + c * L + p0;
-      const float* wc = proj ? w + c * R : nullptr;
-      float* yc = y + c * L + p0;
+      const float* uc = u + c * L + t0;
+      const float* dc = delta + c * L + t0;
+      float* yc = y + c * L + t0;
       const float b = bias ? bias[c] : 0.f;
       const float skip = D ? D[c] : 0.f;
       // step sizes of the chunk first, in a loop over t that vectorises (softplus is an exp and a
       // log1p: done per step inside the recurrence it cost more than the N exps of the states)
-      if (proj) {  // delta before the bias: w[c] @ the chunk's R rows, one vectorised pass per row
-        std::fill(dts, dts + tn, b);
-        for (int64_t r = 0; r < R; ++r) {
-          const float wr = wc[r];
-          const float* pr = proj + r * L + p0;
-          for (int64_t t = 0; t < tn; ++t) dts[t] += wr * pr[step * t];
-        }
-      }
       for (int64_t t = 0; t < tn; ++t) {
-        const float x = proj ? dts[t] : dc[step * t] + b;
+        const float x = dc[t] + b;
         dts[t] = delta_softplus ? (x <= 20.f ? std::log1p(std::exp(x)) : x) : x;
-        dtus[t] = dts[t] * uc[step * t];
+        dtus[t] = dts[t] * uc[t];
       }
       for (int64_t t = 0; t < tn; ++t) {
         const float dt = dts[t];
@@ -82,20 +64,17 @@ void scan_block(const float* u, const float* delta, const float* proj, const flo
           h[n] = std::exp(dt * a[n]) * h[n] + dtu * bt[n];
           acc += ct[n] * h[n];
         }
-        const float out = acc + skip * uc[step * t];
-        yc[step * t] = accumulate ? yc[step * t] + out : out;
+        yc[t] = acc + skip * uc[t];
       }
     }
   }
 }
 
 // The scan over (batch, group, block of channels) tasks. B and C rows of image b, group k start at
-// B + b * bc_batch_stride + k * N * L (rows of L steps, contiguous).
-// proj (with w and R): the delta-rank rows of image b at proj + b * bc_batch_stride, or null to read pd.
-void scan_all(const float* pu, const float* pd, const float* proj, const float* w, int64_t R, const float* pA,
-              const float* pB, const float* pC, const float* pD, const float* pbias, float* py, int64_t batch,
-              int64_t KD, int64_t K, int64_t N, int64_t L, int64_t bc_batch_stride, bool delta_softplus, bool reverse,
-              bool accumulate) {
+// B + b * K * N * L + k * N * L (rows of L steps, contiguous).
+void scan_all(const float* pu, const float* pd, const float* pA, const float* pB, const float* pC, const float* pD,
+              const float* pbias, float* py, int64_t batch, int64_t KD, int64_t K, int64_t N, int64_t L,
+              bool delta_softplus) {
   const int64_t G = KD / K;
   const int64_t blocks = (G + kChannelBlock - 1) / kChannelBlock;
   at::parallel_for(0, batch * K * blocks, 1, [&](int64_t begin, int64_t end) {
@@ -105,25 +84,17 @@ void scan_all(const float* pu, const float* pd, const float* proj, const float* 
       const int64_t c0 = blk * kChannelBlock, c1 = std::min(G, c0 + kChannelBlock);
       const int64_t d0 = k * G;  // first channel of the group
       const int64_t off = (b * KD + d0) * L;
-      const float* Bg = pB + b * bc_batch_stride + k * N * L;
-      const float* Cg = pC + b * bc_batch_stride + k * N * L;
-      auto run = [&](auto n_tag, auto reverse_tag) {
-        constexpr int kN = decltype(n_tag)::value;
-        constexpr bool kReverse = decltype(reverse_tag)::value;
-        scan_block<kN, kReverse>(pu + off, proj ? nullptr : pd + off, proj ? proj + b * bc_batch_stride : nullptr,
-                                 proj ? w + d0 * R : nullptr, R, pA + d0 * N, Bg, Cg, pD ? pD + d0 : nullptr,
-                                 pbias ? pbias + d0 : nullptr, py + off, L, N, c0, c1, delta_softplus, accumulate,
-                                 Bt.data(), Ct.data(), dts.data(), dtus.data(), states.data());
+      const float* Bg = pB + (b * K + k) * N * L;
+      const float* Cg = pC + (b * K + k) * N * L;
+      auto run = [&](auto n_tag) {
+        scan_block<decltype(n_tag)::value>(pu + off, pd + off, pA + d0 * N, Bg, Cg, pD ? pD + d0 : nullptr,
+                                           pbias ? pbias + d0 : nullptr, py + off, L, N, c0, c1, delta_softplus,
+                                           Bt.data(), Ct.data(), dts.data(), dtus.data(), states.data());
       };
-      // MambaIC's d_state 16: a fixed trip count vectorises best
-      if (N == 16 && !reverse)
-        run(std::integral_constant<int, 16>{}, std::false_type{});
-      else if (N == 16)
-        run(std::integral_constant<int, 16>{}, std::true_type{});
-      else if (!reverse)
-        run(std::integral_constant<int, 0>{}, std::false_type{});
+      if (N == 16)  // MambaIC's d_state 16: a fixed trip count vectorises best
+        run(std::integral_constant<int, 16>{});
       else
-        run(std::integral_constant<int, 0>{}, std::true_type{});
+        run(std::integral_constant<int, 0>{});
     }
   });
 }
@@ -145,48 +116,21 @@ torch::Tensor selective_scan_fwd_cpu(const torch::Tensor& u, const torch::Tensor
   const int64_t K = B.size(1), N = A.size(1);
   TORCH_CHECK(K > 0 && KD % K == 0, "selective_scan_fwd_cpu: K = B.shape[1] must divide KD = ", KD);
   auto y = torch::empty_like(u);
-  scan_all(u.data_ptr<float>(), delta.data_ptr<float>(), nullptr, nullptr, 0, A.data_ptr<float>(), B.data_ptr<float>(),
-           C.data_ptr<float>(),
+  scan_all(u.data_ptr<float>(), delta.data_ptr<float>(), A.data_ptr<float>(), B.data_ptr<float>(), C.data_ptr<float>(),
            D ? D->data_ptr<float>() : nullptr, delta_bias ? delta_bias->data_ptr<float>() : nullptr, y.data_ptr<float>(),
-           batch, KD, K, N, L, K * N * L, delta_softplus, /*reverse=*/false, /*accumulate=*/false);
+           batch, KD, K, N, L, delta_softplus);
   return y;
 }
 
-// One scan direction of ss2d_core (kernels/cpu/__init__.py): the sequence seq (batch, D, L); the
-// x_proj output's rows of this direction as (batch, rows, L) views (rows of L contiguous steps, any
-// batch stride): proj (R delta-rank rows), B and C (N each); w (D, R), so that delta before the bias
-// is w @ proj, computed in the scan; y goes into (accumulate: is added to) acc at each step's
-// position, which is L - 1 - step when `reverse`. delta_softplus is always on, as in SS2D.
-void ss2d_direction_fwd_cpu(const torch::Tensor& seq, const torch::Tensor& proj, const torch::Tensor& w,
-                            const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& C,
-                            const torch::Tensor& D, const torch::Tensor& delta_bias, torch::Tensor& acc, bool reverse,
-                            bool accumulate) {
-  CHECK_INPUT(seq, "seq");
-  CHECK_INPUT(w, "w");
-  CHECK_INPUT(A, "A");
-  CHECK_INPUT(D, "D");
-  CHECK_INPUT(delta_bias, "delta_bias");
-  CHECK_INPUT(acc, "acc");
-  const int64_t batch = seq.size(0), KD = seq.size(1), L = seq.size(2), N = A.size(1), R = w.size(1);
-  TORCH_CHECK(w.dim() == 2 && w.size(0) == KD, "ss2d_direction_fwd_cpu: w must be (D, R) = (", KD, ", R)");
-  for (auto [t, rows] : {std::pair{&proj, R}, {&B, N}, {&C, N}}) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->dim() == 3 && t->size(0) == batch &&
-                    t->size(1) == rows && t->size(2) == L && t->stride(2) == 1 && t->stride(1) == L &&
-                    t->stride(0) == B.stride(0),
-                "ss2d_direction_fwd_cpu: proj, B and C must be float32 (batch, rows, L) views with rows of L "
-                "contiguous steps and one batch stride");
-  }
-  scan_all(seq.data_ptr<float>(), nullptr, proj.data_ptr<float>(), w.data_ptr<float>(), R, A.data_ptr<float>(),
-           B.data_ptr<float>(), C.data_ptr<float>(), D.data_ptr<float>(), delta_bias.data_ptr<float>(),
-           acc.data_ptr<float>(), batch, KD, /*K=*/1, N, L, B.stride(0), /*delta_softplus=*/true, reverse, accumulate);
-}
-
+void ss2d_direction_cl_cpu(const torch::Tensor& u, const torch::Tensor& proj, const torch::Tensor& w,
+                           const torch::Tensor& A, const torch::Tensor& skip, const torch::Tensor& bias,
+                           torch::Tensor& out, bool cols, bool reverse, bool accumulate);
 torch::Tensor cross_scan_cpu(const torch::Tensor& x, bool channel_last);
 torch::Tensor cross_merge_cpu(const torch::Tensor& y);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_scan_fwd", &selective_scan_fwd_cpu, "selective scan forward on CPU (float32)");
-  m.def("ss2d_direction_fwd", &ss2d_direction_fwd_cpu, "one ss2d_core scan direction on CPU, into an accumulator");
+  m.def("ss2d_direction_cl", &ss2d_direction_cl_cpu, "one ss2d_core direction on CPU, into the channel-last output");
   m.def("cross_scan", &cross_scan_cpu, "cross-scan on CPU");
   m.def("cross_merge", &cross_merge_cpu, "cross-merge on CPU, channel-first output");
 }
