@@ -114,11 +114,11 @@ class Clock:
 # Used only to skip a size that cannot fit before it is tried (a run the kernel kills for memory
 # says nothing); never reported as a measurement. Batch scales the per-megapixel part.
 PEAK_MIB = {
-    ("cpu", "cpu"): (1_470, 2_660),  # 2,518 MiB / 9,846 MiB
+    ("cpu", "cpu"): (2_280, 1_530),  # 2,878 MiB / 7,095 MiB (e0dc869)
     ("torch", "cpu"): (1_500, 13_500),  # like its CUDA peak: every (batch, 4, dim, L) copy kept
     ("torch", "cuda"): (500, 13_500),  # 42.2 GiB at 2048x1536 (H100, 2026-11-25)
     ("triton", "cuda"): (520, 2_630),  # 1,543 / 8,708 / 22,267 MiB
-    ("cuda", "cuda"): (530, 2_710),  # auto: 1,572 / 8,987 / 23,024 MiB
+    ("cuda", "cuda"): (510, 2_410),  # auto: 1,461 / 8,099 / 20,664 MiB (23d12fe)
     ("vmamba", "cuda"): (510, 9_110),  # 4,068 / 28,955 / 76,062 MiB
 }
 
@@ -230,23 +230,28 @@ def in_precision(model, precision: str, weights: dict) -> None:
     model.set_precision(precision)
 
 
-def run_one(model, x, backend: str, args, clock: Clock, compiled: bool = False) -> dict:
-    """Every stage of args.stages on one backend; compiled: the forward alone, through
-    torch.compile(model) (compress and decompress drive the entropy coder from Python)."""
+def run_one(model, x, backend: str, args, clock: Clock, variant: str | None = None) -> dict:
+    """Every stage of args.stages on one backend; with a variant, the forward alone, through
+    torch.compile(model) ("compile") or mambaic.CUDAGraphForward(model) ("graph") (compress and
+    decompress drive the entropy coder from Python)."""
+    import mambaic
     import mambaic_kernels as mk
     from mambaic_kernels import _backend
 
-    record = {"backend": backend + ("+compile" if compiled else ""), "precision": model.precision}
-    stages = ["forward"] if compiled else args.stages
-    if compiled:
+    record = {"backend": backend + (f"+{variant}" if variant else ""), "precision": model.precision}
+    stages = ["forward"] if variant else args.stages
+    run_forward = model
+    if variant == "compile":
         torch._dynamo.reset()  # a fresh compilation for this backend
-        model = torch.compile(model)
+        run_forward = torch.compile(model)
+    elif variant == "graph":
+        run_forward = mambaic.CUDAGraphForward(model)
     with mk.use_backend(backend), torch.no_grad(), _backend.recording() as used:
         record["ops"] = used  # which backend ran each op (filled as the stages run)
         strings = shape = None
 
         def forward():
-            model(x)
+            run_forward(x)
 
         def compress():
             nonlocal strings, shape
@@ -261,8 +266,8 @@ def run_one(model, x, backend: str, args, clock: Clock, compiled: bool = False) 
                 continue
             try:
                 fn()  # the first warm-up compiles and autotunes: never a measurement
-                if compiled:  # traced code records nothing: the ops as one eager forward dispatches them
-                    model._orig_mod(x)
+                if variant:  # traced or captured code records nothing: the ops as one eager forward dispatches them
+                    model(x)
                 clock.sync()
                 clock.reset_peak()
                 first = clock.time_ms(fn)
@@ -286,7 +291,7 @@ def run_one(model, x, backend: str, args, clock: Clock, compiled: bool = False) 
                 record["decompress"] = "skipped (compress failed)"
                 args.progress()
                 break
-        if isinstance(record.get("forward"), dict) and not compiled:  # module hooks see the eager model
+        if isinstance(record.get("forward"), dict) and not variant:  # module hooks see the eager model
             try:
                 # each breakdown costs a forward, and the profiler ~10 us per kernel it records:
                 # a backend that launches hundreds of thousands of tiny kernels (torch's scan on
@@ -428,6 +433,8 @@ def main(argv=None) -> int:
                         help="run every size, even one whose expected peak exceeds the memory available")
     parser.add_argument("--compile", action="store_true",
                         help="also time each backend's forward through torch.compile(model), beside eager")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="also time each backend's forward replayed from a CUDA graph (mambaic.CUDAGraphForward), beside eager")
     parser.add_argument("--max-seconds", type=float, default=60.0, metavar="S",
                         help="skip larger resolutions for a backend whose forward took longer than S seconds")
     args = parser.parse_args(argv)
@@ -448,6 +455,8 @@ def main(argv=None) -> int:
         parser.error("--stages: decompress decodes the strings that compress writes; add compress")
     if args.batch < 1 or args.iters < 1 or args.warmup < 0:
         parser.error("--batch and --iters must be >= 1 and --warmup >= 0")
+    if args.cuda_graphs and device != "cuda":
+        parser.error("--cuda-graphs: CUDA graphs need a GPU (--device cuda)")
 
     meta = dict(device=device, dtype=torch.float32, d_state=16, window=8, head_dim=16)
     known = list(_backend.BACKENDS)
@@ -485,7 +494,8 @@ def main(argv=None) -> int:
     results = []
     too_slow = {}  # backend -> why larger resolutions are skipped
     args.res = sorted(args.res, key=lambda r: r[1] * r[2])  # small first, so a slow backend stops early
-    steps = len(args.precision) * (len(args.stages) + args.compile)  # progress steps per (resolution, backend)
+    args.variants = [v for v, on in (("compile", args.compile), ("graph", args.cuda_graphs)) if on]
+    steps = len(args.precision) * (len(args.stages) + len(args.variants))  # progress steps per (resolution, backend)
     total = len(args.res) * len(backends) * steps
     with tqdm(total=total, desc="latency", unit="stage", file=sys.stderr) as bar:
         args.progress = bar.update
@@ -520,8 +530,8 @@ def main(argv=None) -> int:
                     in_precision(model, precision, weights)
                     rec = run_one(model, x, backend, args, Clock(device))
                     res["backends"].append(rec)
-                    if args.compile:
-                        res["backends"].append(run_one(model, x, backend, args, Clock(device), compiled=True))
+                    for variant in args.variants:
+                        res["backends"].append(run_one(model, x, backend, args, Clock(device), variant))
                     fwd = rec.get("forward")
                     if isinstance(fwd, dict) and fwd["p50_ms"] > args.max_seconds * 1e3:
                         too_slow[backend] = f"forward took {fwd['p50_ms'] / 1e3:.0f} s at {name}"

@@ -3,8 +3,10 @@
 # 0.2.0: .mic format version 2 (platform record, latent checksums); the SS2D core as one op (the
 # torch backend's arithmetic changed). 0.3.0: the triton and cpu backends' SS2D cores are one
 # fused scan per direction (their arithmetic changed: a file encoded by 0.2.0 on them decodes
-# there, and 0.3.0 refuses it, naming the version). The version is recorded in every .mic file.
-__version__ = "0.3.0"
+# there, and 0.3.0 refuses it, naming the version). 0.4.0: precision modes (recorded in the file);
+# the cpu backend's SS2D core adds its directions into the channel-last output (its arithmetic
+# changed). The version is recorded in every .mic file.
+__version__ = "0.4.0"
 
 import warnings  # noqa: E402
 
@@ -15,6 +17,7 @@ with warnings.catch_warnings():
     import compressai.entropy_models  # noqa: F401
 
 from mambaic.checkpoint import load_checkpoint, random_model  # noqa: E402
+from mambaic.graphs import CUDAGraphForward  # noqa: E402
 from mambaic.models import MambaIC  # noqa: E402
 
-__all__ = ["MambaIC", "__version__", "load_checkpoint", "random_model"]
+__all__ = ["CUDAGraphForward", "MambaIC", "__version__", "load_checkpoint", "random_model"]

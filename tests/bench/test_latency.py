@@ -103,3 +103,9 @@ def test_precisions_side_by_side(tmp_path, capsys):
     assert [(r["backend"], r["precision"]) for r in data["results"][0]["backends"]] == [("torch", "fp32"), ("torch", "bf16")]
     table = capsys.readouterr().out
     assert "| 128x128 128x128 | torch |" in table and "| 128x128 128x128 | torch bf16 |" in table
+
+
+def test_cuda_graphs_need_a_gpu(capsys):
+    with pytest.raises(SystemExit):
+        latency.main(["--res", "128x128", "--device", "cpu", "--cuda-graphs"])
+    assert "--cuda-graphs: CUDA graphs need a GPU (--device cuda)" in capsys.readouterr().err
