@@ -276,7 +276,7 @@ class MambaIC(CompressionModel):
         self._check_input(x, "forward")
         y = self._analysis(x)
         z = self.h_a(y)
-        _, z_likelihoods = self.entropy_bottleneck(z)
+        z_likelihoods = self._z_likelihoods(z)
         z_offset = self.entropy_bottleneck._get_medians()
         z_hat = ste_round(z - z_offset) + z_offset
         y_hat, y_likelihoods = self._slice_loop(y, *self._hyper_synthesis(z_hat))
@@ -287,6 +287,21 @@ class MambaIC(CompressionModel):
             "y": y,
             "z": z,
         }
+
+    def _z_likelihoods(self, z: torch.Tensor) -> torch.Tensor:
+        """The likelihoods of z that ``EntropyBottleneck.forward`` returns, by the same operations,
+        with the (channels, batch, ...) permutation given as Python ints: CompressAI builds it as a
+        device tensor and iterates it, a host sync that a CUDA graph cannot capture."""
+        eb = self.entropy_bottleneck
+        perm = (1, 0, *range(2, z.dim()))  # its own inverse
+        values = z.permute(*perm).contiguous()
+        shape = values.shape
+        outputs = eb.quantize(values.reshape(shape[0], 1, -1), "noise" if eb.training else "dequantize",
+                              eb._get_medians())  # fmt: skip
+        likelihood, _, _ = eb._likelihood(outputs)
+        if eb.use_likelihood_bound:
+            likelihood = eb.likelihood_lower_bound(likelihood)
+        return likelihood.reshape(shape).permute(*perm).contiguous()
 
     def _slice_loop(self, y, latent_means, latent_scales):
         """The forward's channel-conditional, checkerboard slice loop: (y_hat, y likelihoods).

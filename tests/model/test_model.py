@@ -154,3 +154,19 @@ def test_ss2d_applying_the_norm_itself_changes_nothing(grad):
         expected = block.op(block.norm(x))
         got = block.op(x, norm=block.norm)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_z_likelihoods_are_the_bottlenecks(tiny, training):
+    """MambaIC._z_likelihoods (capturable in a CUDA graph) gives EntropyBottleneck.forward's bits,
+    its training noise included (the same draws from the same seed)."""
+    z = torch.randn(2, TINY["z_channels"], 3, 5) * 4
+    tiny.entropy_bottleneck.train(training)
+    try:
+        torch.manual_seed(1)
+        want = tiny.entropy_bottleneck(z)[1]
+        torch.manual_seed(1)
+        got = tiny._z_likelihoods(z)
+    finally:
+        tiny.entropy_bottleneck.eval()
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
