@@ -9,6 +9,7 @@ COMMANDS = {
     "info": "versions, GPU and kernel backends; or what a .mic file records (mambaic info FILE.mic)",
     "compress": "encode an image into a .mic file",
     "decompress": "decode a .mic file into a PNG",
+    "eval": "compress and decompress every image of a folder: bpp, PSNR, MS-SSIM, times",
 }
 
 
