@@ -144,9 +144,10 @@ def run(args: argparse.Namespace) -> None:
             writer.writerows(rows)
     if args.json:
         source = args.checkpoint or f"random-init seed {args.seed}"
-        record = {"name": Path(args.checkpoint).stem if args.checkpoint else "random-init", "source": source,
-                  "estimate": args.estimate, "precision": model.precision, "device": device,
-                  "average": mean, "images": rows, "skipped": skipped}  # fmt: skip
+        # "name" and "results": CompressAI's layout of a rate-distortion point (mambaic plot, bdrate)
+        results = {"bpp": [mean["bpp"]], "psnr-rgb": [mean["psnr"]], "ms-ssim-rgb": [mean["ms_ssim"]]}
+        record = {"name": args.name, "results": results, "source": source, "estimate": args.estimate,
+                  "precision": model.precision, "device": device, "average": mean, "images": rows, "skipped": skipped}
         Path(args.json).write_text(json.dumps(record, indent=1))
 
 
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="bpp from the forward's likelihoods, without entropy coding (faster)")
     parser.add_argument("--csv", metavar="OUT.csv", help="per-image results as CSV")
     parser.add_argument("--json", metavar="OUT.json", help="per-image results and their average as JSON")
+    parser.add_argument("--name", default="mambaic",
+                        help="the curve this run is a point of, in the JSON (mambaic plot / bdrate join same-named files)")
     add_model_arguments(parser, device_help="cuda if there is a GPU, else cpu", threads_help="torch's",
                         precision_help="fp32")  # fmt: skip
     return run_command(run, parser.parse_args(argv))
