@@ -10,6 +10,7 @@ COMMANDS = {
     "compress": "encode an image into a .mic file",
     "decompress": "decode a .mic file into a PNG",
     "eval": "compress and decompress every image of a folder: bpp, PSNR, MS-SSIM, times",
+    "train": "train the model on a folder of images (the official recipe), checkpoints in the official format",
     "plot": "rate-distortion curves of result files (mambaic eval --json, CompressAI's layout)",
     "bdrate": "Bjontegaard delta rate and delta PSNR between two curves",
 }

@@ -1,0 +1,172 @@
+"""Training MambaIC as the official train.py does, on our kernels: data, loss, optimisers, one epoch.
+
+The official defaults: Adam at 1e-4 for the network and Adam at 1e-3 for the entropy bottleneck's
+quantiles (the auxiliary loss), gradients clipped to norm 1.0, the loss lambda * 255^2 * MSE + bpp
+(or lambda * (1 - MS-SSIM) + bpp), a MultiStepLR schedule (gamma 0.1 at the milestone epochs).
+Checkpoints hold what the official script saves: state_dict, optimizer, aux_optimizer,
+lr_scheduler, epoch and loss, so that either side loads the other's.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mambaic.image import pad_to_multiple
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The images below ``folder`` (recursive; png, jpg, webp), sorted."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"{folder}: not a folder")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+    if not files:
+        raise ValueError(f"{folder}: no images ({', '.join(sorted(EXTENSIONS))}) in it or below it")
+    return files
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+class RandomCrops(torch.utils.data.Dataset):
+    """Random ``size`` x ``size`` crops of the images of a folder, (3, size, size) in [0, 1]; an
+    image smaller than the crop is padded by reflection first. The crop position comes from the
+    sample index and ``epoch`` (set_epoch), so runs are reproducible, worker processes included."""
+
+    def __init__(self, folder: str | Path, size: int = 256, seed: int = 0):
+        self.files, self.size, self.seed, self.epoch = image_files(folder), size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        rgb = _load_rgb(self.files[i])
+        s = self.size
+        pad_h, pad_w = max(0, s - rgb.shape[0]), max(0, s - rgb.shape[1])
+        if pad_h or pad_w:
+            rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect" if min(rgb.shape[:2]) > 1 else "edge")
+        rng = random.Random(hash((self.seed, self.epoch, i)))
+        top, left = rng.randint(0, rgb.shape[0] - s), rng.randint(0, rgb.shape[1] - s)
+        crop = rgb[top : top + s, left : left + s]
+        return torch.from_numpy(crop.copy()).permute(2, 0, 1).float() / 255
+
+
+class WholeImages(torch.utils.data.Dataset):
+    """The images of a folder, whole, (3, H, W) in [0, 1] (validation, batch size 1)."""
+
+    def __init__(self, folder: str | Path):
+        self.files = image_files(folder)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(_load_rgb(self.files[i]).copy()).permute(2, 0, 1).float() / 255
+
+
+class RateDistortionLoss(torch.nn.Module):
+    """lambda * 255^2 * MSE + bpp ("mse"), or lambda * (1 - MS-SSIM) + bpp ("ms-ssim"), with bpp
+    over the target's pixels."""
+
+    def __init__(self, lmbda: float, metric: str = "mse"):
+        super().__init__()
+        if metric not in ("mse", "ms-ssim"):
+            raise ValueError(f"RateDistortionLoss: metric must be mse or ms-ssim, got {metric!r}")
+        self.lmbda, self.metric = lmbda, metric
+
+    def forward(self, out: dict, target: torch.Tensor) -> dict:
+        batch, _, H, W = target.shape
+        bpp = sum(torch.log(v.float()).sum() for v in out["likelihoods"].values()) / (-math.log(2) * batch * H * W)
+        x_hat = out["x_hat"].float()
+        mse = torch.mean((x_hat - target) ** 2)
+        if self.metric == "mse":
+            loss = self.lmbda * 255**2 * mse + bpp
+        else:
+            from pytorch_msssim import ms_ssim
+
+            loss = self.lmbda * (1 - ms_ssim(x_hat, target, data_range=1.0)) + bpp
+        return {"loss": loss, "bpp": bpp, "mse": mse}
+
+
+def optimizers(model: torch.nn.Module, lr: float = 1e-4, aux_lr: float = 1e-3):
+    """Adam for the network, Adam for the entropy bottleneck's quantiles (the official split)."""
+    named = dict(model.named_parameters())
+    aux = sorted(n for n, p in named.items() if n.endswith(".quantiles") and p.requires_grad)
+    main = sorted(n for n, p in named.items() if not n.endswith(".quantiles") and p.requires_grad)
+    return torch.optim.Adam([named[n] for n in main], lr=lr), torch.optim.Adam([named[n] for n in aux], lr=aux_lr)
+
+
+def psnr_of(mse: float) -> float:
+    return math.inf if mse <= 0 else -10 * math.log10(mse)
+
+
+@dataclass
+class StepResult:
+    loss: float
+    bpp: float
+    mse: float
+    aux: float
+
+
+def train_step(model, batch, criterion, optimizer, aux_optimizer, clip: float, autocast) -> StepResult | None:
+    """One official step: forward, loss, backward, clipping, Adam; then the auxiliary loss and its
+    Adam. A non-finite loss skips the step (as the official script does) and returns None."""
+    optimizer.zero_grad(set_to_none=True)
+    aux_optimizer.zero_grad(set_to_none=True)
+    with autocast():
+        out = model(batch)
+    terms = criterion(out, batch)
+    if not torch.isfinite(terms["loss"]):
+        return None
+    terms["loss"].backward()
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    aux = _module(model).aux_loss()
+    aux.backward()
+    aux_optimizer.step()
+    return StepResult(*(float(t.detach()) for t in (terms["loss"], terms["bpp"], terms["mse"], aux)))
+
+
+def _module(model):
+    return model.module if hasattr(model, "module") else model
+
+
+@torch.no_grad()
+def validate(model, loader, criterion, autocast, device) -> dict:
+    """Mean loss, bpp and PSNR over whole images (padded to 128 by replication, cropped back)."""
+    model.eval()
+    totals = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0}
+    for x in loader:
+        x = x.to(device)
+        padded, _ = pad_to_multiple(x)
+        with autocast():
+            out = model(padded)
+        out = {"x_hat": out["x_hat"][..., : x.shape[-2], : x.shape[-1]].clamp(0, 1), "likelihoods": out["likelihoods"]}
+        terms = criterion(out, x)
+        # bpp over the original pixels: the padding's likelihoods are coded too
+        totals["loss"] += float(terms["loss"])
+        totals["bpp"] += float(terms["bpp"])
+        totals["psnr"] += psnr_of(float(terms["mse"]))
+    model.train()
+    return {k: v / len(loader) for k, v in totals.items()}
+
+
+def checkpoint(model, optimizer, aux_optimizer, scheduler, epoch: int, loss: float) -> dict:
+    """What the official train.py saves (its keys, its layout)."""
+    return {"epoch": epoch, "state_dict": _module(model).state_dict(), "loss": loss, "optimizer": optimizer.state_dict(),
+            "aux_optimizer": aux_optimizer.state_dict(), "lr_scheduler": scheduler.state_dict()}  # fmt: skip
