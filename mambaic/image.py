@@ -21,6 +21,23 @@ from PIL import Image, UnidentifiedImageError
 from mambaic.models import IMAGE_MULTIPLE
 
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def image_files(folder: str | os.PathLike, extensions=IMAGE_EXTENSIONS) -> list:
+    """The files below ``folder`` (recursively) whose extension is one of ``extensions``, sorted;
+    ValueError when the folder does not exist or holds none."""
+    from pathlib import Path
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"{folder}: not a folder")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    if not files:
+        raise ValueError(f"{folder}: no images ({', '.join(sorted(extensions))}) in it or below it")
+    return files
+
+
 class ImageError(ValueError):
     """An input file that is not an image we can code (the message names the file and why)."""
 

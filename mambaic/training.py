@@ -18,20 +18,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mambaic.image import image_files as _image_files
 from mambaic.image import pad_to_multiple
 
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp"}
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # what the official training reads
 
 
 def image_files(folder: str | Path) -> list[Path]:
-    """The images below ``folder`` (recursive; png, jpg, webp), sorted."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise ValueError(f"{folder}: not a folder")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
-    if not files:
-        raise ValueError(f"{folder}: no images ({', '.join(sorted(EXTENSIONS))}) in it or below it")
-    return files
+    """The training or validation images below ``folder`` (recursive), sorted."""
+    return _image_files(folder, EXTENSIONS)
 
 
 def _load_rgb(path: Path) -> np.ndarray:

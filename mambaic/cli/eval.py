@@ -25,17 +25,18 @@ from pathlib import Path
 from ._model import UserError, add_model_arguments, build_model, resolve_device, resolve_threads, run_command
 from .compress import sync
 
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 METRICS = ("bpp", "psnr", "ms_ssim", "encode_s", "decode_s")
 # pytorch_msssim's 5 scales with an 11-pixel window need a smaller side above (11 - 1) * 2^4
 MS_SSIM_MIN_SIDE = 161
 
 
 def find_images(folder: str) -> list[Path]:
-    root = Path(folder)
-    if not root.is_dir():
-        raise UserError(f"{folder}: not a folder")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+    from mambaic.image import image_files
+
+    try:
+        return image_files(folder)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def psnr(x, x_hat) -> float:
@@ -104,8 +105,6 @@ def run(args: argparse.Namespace) -> None:
     from mambaic_kernels import BackendUnavailableError
 
     images = find_images(args.folder)
-    if not images:
-        raise UserError(f"{args.folder}: no images ({', '.join(sorted(EXTENSIONS))}) in it or below it")
     device = resolve_device(args)
     resolve_threads(args)
     model = build_model(args, device)
