@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -34,7 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable from a checkout
 
+from bench.latency import in_precision  # noqa: E402
 from bench.timing import git_commit  # noqa: E402
+from mambaic.cli.eval import psnr  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
 SIZES = ((128, 128), (256, 256), (256, 384))  # (H, W): every photo holds them
@@ -49,11 +50,6 @@ def crop(name: str, height: int, width: int) -> torch.Tensor:
     top, left = (rgb.shape[0] - height) // 2, (rgb.shape[1] - width) // 2
     rgb = rgb[top : top + height, left : left + width]
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float((a.double() - b.double()).square().mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def measure(model, x: torch.Tensor, y_hat_ref: torch.Tensor | None = None) -> dict:
@@ -107,12 +103,12 @@ def main(argv=None) -> int:
     with tqdm(total=len(crops) * (1 + len(args.precision)), desc="precision cost", unit="coding", file=sys.stderr) as bar:
         for name, h, w in crops:
             x = crop(name, h, w).to(args.device)
-            model.set_precision("fp32").load_state_dict(weights)
+            in_precision(model, "fp32", weights)
             ref = measure(model, x)
             bar.update()
             for precision in args.precision:
-                model.set_precision("fp32").load_state_dict(weights)
-                got = measure(model.set_precision(precision), x, ref["y_hat"])
+                in_precision(model, precision, weights)
+                got = measure(model, x, ref["y_hat"])
                 bar.update()
                 rows.append({
                     "photo": name, "height": h, "width": w, "precision": precision,

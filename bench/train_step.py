@@ -47,7 +47,6 @@ def time_backend(backend: str, args, x: torch.Tensor) -> dict:
     import mambaic
     import mambaic_kernels as mk
     from mambaic import training as T
-    from mambaic.cli.train import _autocast
 
     clock = Clock(args.device)
     torch.manual_seed(args.seed)
@@ -59,7 +58,7 @@ def time_backend(backend: str, args, x: torch.Tensor) -> dict:
     model = model.to(args.device).train()
     optimizer, aux_optimizer = T.optimizers(model)
     criterion = T.RateDistortionLoss(args.lmbda)
-    autocast = _autocast(args.precision, args.device)
+    autocast = T.autocast_for(args.precision, args.device)
     record = {"backend": backend, "precision": args.precision}
     try:
         with mk.use_backend(backend):

@@ -105,6 +105,16 @@ def optimizers(model: torch.nn.Module, lr: float = 1e-4, aux_lr: float = 1e-3):
     return torch.optim.Adam([named[n] for n in main], lr=lr), torch.optim.Adam([named[n] for n in aux], lr=aux_lr)
 
 
+def autocast_for(precision: str, device: str):
+    """A factory of the context a training step's forward runs in: bf16 autocast over float32
+    master weights, TF32 arithmetic (mambaic.precision), or nothing for fp32."""
+    from mambaic.precision import arithmetic
+
+    if precision == "bf16":
+        return lambda: torch.autocast(device, dtype=torch.bfloat16)
+    return lambda: arithmetic(precision)
+
+
 def psnr_of(mse: float) -> float:
     return math.inf if mse <= 0 else -10 * math.log10(mse)
 

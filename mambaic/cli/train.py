@@ -24,16 +24,6 @@ from ._model import UserError, _depths, _positive, resolve_device, run_command, 
 PRECISIONS = ("fp32", "tf32", "bf16")  # bf16: autocast over float32 master weights
 
 
-def _autocast(precision: str, device: str):
-    import torch
-
-    from mambaic.precision import arithmetic
-
-    if precision == "bf16":
-        return lambda: torch.autocast(device, dtype=torch.bfloat16)
-    return lambda: arithmetic(precision)
-
-
 def run(args: argparse.Namespace) -> None:
     import torch
     from tqdm import tqdm
@@ -83,7 +73,7 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     criterion = T.RateDistortionLoss(args.lmbda, args.metric)
-    autocast = _autocast(args.precision, device)
+    autocast = T.autocast_for(args.precision, device)
     generator = torch.Generator().manual_seed(args.seed)
     loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          num_workers=args.workers, generator=generator)  # fmt: skip
