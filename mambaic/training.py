@@ -127,15 +127,18 @@ class StepResult:
     aux: float
 
 
-def train_step(model, batch, criterion, optimizer, aux_optimizer, clip: float, autocast) -> StepResult | None:
+def train_step(model, batch, criterion, optimizer, aux_optimizer, clip: float, autocast, skip_together=None) -> StepResult | None:
     """One official step: forward, loss, backward, clipping, Adam; then the auxiliary loss and its
-    Adam. A non-finite loss skips the step (as the official script does) and returns None."""
+    Adam. A non-finite loss skips the step (as the official script does) and returns None; with
+    several processes ``skip_together(bad)`` makes every rank skip when one must (Ranks.any), as
+    the gradients' all-reduce needs every rank's backward."""
     optimizer.zero_grad(set_to_none=True)
     aux_optimizer.zero_grad(set_to_none=True)
     with autocast():
         out = model(batch)
     terms = criterion(out, batch)
-    if not torch.isfinite(terms["loss"]):
+    bad = not torch.isfinite(terms["loss"])
+    if skip_together(bad) if skip_together else bad:
         return None
     terms["loss"].backward()
     if clip > 0:
@@ -153,9 +156,11 @@ def _module(model):
 
 @torch.no_grad()
 def validate(model, loader, criterion, autocast, device) -> dict:
-    """Mean loss, bpp and PSNR over whole images (padded to 128 by replication, cropped back)."""
+    """Sums of loss, bpp and PSNR over whole images (padded to 128 by replication, cropped back),
+    and their count under "images" (sums, so that ranks holding shares of the images add up)."""
+    model = _module(model)  # no gradient all-reduce here: each rank scores its own images
     model.eval()
-    totals = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0}
+    totals = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0, "images": 0}
     for x in loader:
         x = x.to(device)
         padded, _ = pad_to_multiple(x)
@@ -167,8 +172,9 @@ def validate(model, loader, criterion, autocast, device) -> dict:
         totals["loss"] += float(terms["loss"])
         totals["bpp"] += float(terms["bpp"])
         totals["psnr"] += psnr_of(float(terms["mse"]))
+        totals["images"] += 1
     model.train()
-    return {k: v / len(loader) for k, v in totals.items()}
+    return totals
 
 
 def checkpoint(model, optimizer, aux_optimizer, scheduler, epoch: int, loss: float) -> dict:

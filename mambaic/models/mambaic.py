@@ -182,6 +182,12 @@ class MambaIC(CompressionModel):
         """How many previous slices condition slice i."""
         return i if self.max_support_slices < 0 else min(i, self.max_support_slices)
 
+    def unused_parameters(self) -> list[str]:
+        """Names of the parameters that no output depends on: slice 0's mu and scale transforms
+        (see _slice_support). DistributedDataParallel must be told (mambaic.distributed)."""
+        unused = ("atten_scale.0.", "cc_mean_transforms.0.", "cc_scale_transforms.0.")
+        return [n for n, _ in self.named_parameters() if n.startswith(unused)]
+
     def _slice_support(self, i, latent_means, latent_scales, y_hat_slices):
         """Channel-wise context of slice i: returns (mean_support, support).
 

@@ -1,0 +1,47 @@
+"""mambaic.training on a tiny model: the official step learns, skips together, and the model
+names exactly the parameters that never get a gradient (what DistributedDataParallel is told)."""
+
+import pytest
+import torch
+
+import mambaic
+from mambaic import training as T
+
+
+@pytest.fixture
+def tiny():
+    return mambaic.random_model(0, N=8, M=20, depths=(1, 1, 1, 1), z_channels=8).train()
+
+
+def _batch(seed=1, shape=(2, 3, 128, 128)):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny):
+    torch.manual_seed(0)
+    optimizer, aux_optimizer = T.optimizers(tiny, lr=1e-3)
+    criterion, autocast, x = T.RateDistortionLoss(0.01), T.autocast_for("fp32", "cpu"), _batch()
+    losses = [T.train_step(tiny, x, criterion, optimizer, aux_optimizer, 1.0, autocast).loss for _ in range(8)]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert all(torch.isfinite(p).all() for p in tiny.parameters())
+
+
+def test_unused_parameters_are_exactly_those_without_a_gradient(tiny):
+    out = tiny(_batch())
+    T.RateDistortionLoss(0.01)(out, _batch())["loss"].backward()
+    without = {n for n, p in tiny.named_parameters() if p.grad is None}
+    assert without == set(tiny.unused_parameters()) and without  # slice 0's mu / scale transforms
+    assert tiny.entropy_bottleneck.quantiles.grad is not None  # the medians shift z_hat: reduced by DDP too
+
+
+def test_a_step_is_skipped_on_every_rank_when_one_must(tiny):
+    optimizer, aux_optimizer = T.optimizers(tiny)
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    step = lambda x, together: T.train_step(tiny, x, T.RateDistortionLoss(0.01), optimizer, aux_optimizer, 1.0,  # noqa: E731
+                                            T.autocast_for("fp32", "cpu"), together)  # fmt: skip
+    nan = _batch()
+    nan[0, 0, 5, 7] = torch.nan
+    assert step(nan, None) is None  # a non-finite loss here
+    assert step(_batch(), lambda bad: True) is None  # another rank's loss was not finite
+    assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())
+    assert step(_batch(), lambda bad: bad) is not None
