@@ -33,7 +33,7 @@ def ss2d_core(
 
     Args:
         u: (batch, dim, H, W), the activated depthwise-conv output; float32 / float16 / bfloat16
-            (float64 for reference checks); contiguous.
+            (float64 for reference checks); contiguous. Computed in float32 under autocast too.
         x_proj_weight: (4, R + 2N, dim). dt_projs_weight: (4, dim, R). dt_projs_bias: (4, dim).
         A_logs: (4 * dim, N), the log of -A. Ds: (4 * dim,), the skip weight.
 
@@ -79,4 +79,7 @@ def ss2d_core(
     for name, t in (("u", u), *weights.items()):
         _checks.contiguous(op, name, t)
     fn = _backend.resolve(op, **_checks.meta(u, d_state=N, dt_rank=dt_projs_weight.shape[2]))
-    return fn(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    # Under autocast the backends' own matmuls (x_proj) would run in half precision, each its own
+    # way: the op computes in float32 whatever the autocast, from u as it comes (any dtype).
+    with torch.autocast(u.device.type, enabled=False):
+        return fn(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)

@@ -12,8 +12,8 @@ import torch
 
 def relative_position_bias(table: torch.Tensor, window: int) -> torch.Tensor:
     """(heads, 2w-1, 2w-1) table -> (heads, w*w, w*w) bias[h, p, q] = table[h, pi-qi+w-1, pj-qj+w-1]."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij"), -1)
-    coords = coords.reshape(-1, 2).to(table.device)  # (w*w, 2): (row, col) of each token
+    steps = torch.arange(window, device=table.device)  # made there: a copy could not be captured in a CUDA graph
+    coords = torch.stack(torch.meshgrid(steps, steps, indexing="ij"), -1).reshape(-1, 2)  # (w*w, 2): (row, col)
     rel = coords[:, None, :] - coords[None, :, :] + window - 1  # (w*w, w*w, 2)
     return table[:, rel[..., 0], rel[..., 1]]
 

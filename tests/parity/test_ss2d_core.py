@@ -108,6 +108,27 @@ def test_deterministic_forward(backend):
         assert torch.equal(mk.ss2d_core(u, **w), mk.ss2d_core(u, **w))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_autocast_computes_in_float32(backend, dtype):
+    """Under autocast (bf16 training) every backend gives what it gives outside it: the op's own
+    x_proj stays float32, gradients included."""
+    u64, w64 = make_inputs(2, 8, 6, 5, 16, 2)
+    u = leaf(u64, dtype)
+    w = {n: leaf(t, torch.float32) for n, t in w64.items()}
+    require("ss2d_core", backend, u, d_state=16)
+    dout = torch.randn(2, 6, 5, 8, device=u.device, dtype=dtype)
+    with mk.use_backend(backend):
+        plain = mk.ss2d_core(u, **w)
+        plain_grads = grads(plain, [u, *w.values()], dout)
+        with torch.autocast(u.device.type, dtype=dtype):
+            auto = mk.ss2d_core(u, **w)
+        auto_grads = grads(auto, [u, *w.values()], dout)
+    assert auto.dtype == dtype
+    torch.testing.assert_close(auto, plain, rtol=0, atol=0)
+    for name, a, b in zip(("du", *(f"d{n}" for n in WEIGHTS)), auto_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
 SS2D_CHUNK_CASES = [pytest.param((2, 5, 9, 13, 4, 2), id="B2-D5-H9-W13-N4-R2")]
 if DEVICE == "cuda" and not INTERPRETED:
     SS2D_CHUNK_CASES += [pytest.param((2, 40, 61, 53, 16, 5), id="B2-D40-H61-W53-N16-R5")]
