@@ -49,14 +49,19 @@ class Encoded:
 
 @contextlib.contextmanager
 def _coding_mode(model: MambaIC):
-    """Eval mode (no stochastic depth, rounding instead of noise) and no autograd, restored after."""
-    was_training = model.training
+    """Eval mode (no stochastic depth, rounding instead of noise), no autograd and cuDNN's
+    deterministic algorithms, restored after: the decoder must recompute the encoder's means and
+    scales bit for bit, and cuDNN's default choice may differ from run to run in the last bit
+    (measured on an H200: two eager forwards' x_hat 1.2e-7 apart)."""
+    was_training, was_deterministic = model.training, torch.backends.cudnn.deterministic
     model.eval()
+    torch.backends.cudnn.deterministic = True
     try:
         with torch.no_grad():
             yield
     finally:
         model.train(was_training)
+        torch.backends.cudnn.deterministic = was_deterministic
 
 
 def _device(model: MambaIC) -> torch.device:
