@@ -113,6 +113,10 @@ def _train(args: argparse.Namespace, ranks, device) -> None:
                 if logs:
                     logs.step(step, epoch, r, optimizer.param_groups[0]["lr"])
             bar.close()
+            if stopped and not ranks.sum([steps], device)[0]:
+                if ranks.main:  # the time ran out between epochs: nothing new to score or save
+                    print(f"stopped after {args.max_minutes} minutes (--max-minutes), before epoch {epoch}, step {step}")
+                break
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             loss_sum, bpp_sum, mse_sum, n = ranks.sum([*sums, steps], device)
@@ -123,7 +127,8 @@ def _train(args: argparse.Namespace, ranks, device) -> None:
             n = max(n, 1)
             row = {"epoch": epoch, "steps": step, "lr": lr, "train_loss": loss_sum / n, "train_bpp": bpp_sum / n,
                    "train_psnr": T.psnr_of(mse_sum / n), "val_loss": v_loss, "val_bpp": v_bpp, "val_psnr": v_psnr,
-                   "seconds": time.perf_counter() - t0}  # fmt: skip
+                   "seconds": time.perf_counter() - t0,
+                   "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else ""}  # fmt: skip
             best = min(best, v_loss)
             if ranks.main:
                 logs.epoch(row)
@@ -198,7 +203,8 @@ class _Logs:
     """RUN_DIR/log.csv (a row per epoch, validation included) and RUN_DIR/steps.csv (a row per
     step: rank 0's batch), appended to when resuming."""
 
-    EPOCH = ["epoch", "steps", "lr", "train_loss", "train_bpp", "train_psnr", "val_loss", "val_bpp", "val_psnr", "seconds"]
+    EPOCH = ["epoch", "steps", "lr", "train_loss", "train_bpp", "train_psnr", "val_loss", "val_bpp", "val_psnr", "seconds",
+             "peak_mib"]  # peak_mib: rank 0's GPU memory peak so far (torch.cuda.max_memory_allocated)
     STEP = ["step", "epoch", "lr", "loss", "bpp", "psnr", "aux", "seconds"]
 
     def __init__(self, out: Path, resume: bool):
