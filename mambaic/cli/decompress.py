@@ -17,18 +17,21 @@ import sys
 import time
 import warnings
 
+from mambaic.codec.image_codec import DEFAULT_MAX_PIXELS
 from mambaic.precision import PRECISIONS
 
-from ._model import UserError, add_model_arguments, build_model, resolve_device, resolve_threads, run_command
+from ._model import UserError, _positive, add_model_arguments, build_model, resolve_device, resolve_threads, run_command
 from .compress import sync
 
 
 def run(args: argparse.Namespace) -> None:
     from mambaic.codec import (
+        ImageTooLargeError,
         LatentMismatchError,
         MicFormatError,
         ModelMismatchError,
         decode_image,
+        check_size,
         read_mic,
         weights_fingerprint,
     )
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"{args.input}: cannot read ({exc.strerror or exc})") from None
     try:
         mic = read_mic(data, os.fspath(args.input))
-    except MicFormatError as exc:
+        check_size(mic, args.max_pixels, os.fspath(args.input))  # before the model or any map is built
+    except (MicFormatError, ImageTooLargeError) as exc:
         raise UserError(str(exc)) from None
 
     recorded = mic.platform or {}
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> None:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            x_hat, _ = decode_image(model, mic, os.fspath(args.input), fingerprint)
+            x_hat, _ = decode_image(model, mic, os.fspath(args.input), fingerprint, max_pixels=None)  # checked above
     except (ModelMismatchError, MicFormatError, LatentMismatchError, BackendUnavailableError) as exc:
         raise UserError(f"{exc}\nNothing was written.") from None
     for w in caught:
@@ -85,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mambaic decompress", description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="a .mic file written by `mambaic compress`")
     parser.add_argument("output", help="the PNG to write (atomically)")
+    parser.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="P",
+                        help=f"refuse a file that declares more pixels (default {DEFAULT_MAX_PIXELS:,}: 8192 x 8192)")
     add_model_arguments(
         parser,
         device_help="the encoder's, if this machine has it, else cpu",

@@ -2,7 +2,16 @@
 
 from .container import MAGIC, VERSION, MicFile, MicFormatError, latent_checksum, part_name
 from .fingerprint import legacy_fingerprint, tables_fingerprint, weights_fingerprint
-from .image_codec import Encoded, decode_image, encode_image, encoder_backends, read_mic
+from .image_codec import (
+    DEFAULT_MAX_PIXELS,
+    Encoded,
+    ImageTooLargeError,
+    check_size,
+    decode_image,
+    encode_image,
+    encoder_backends,
+    read_mic,
+)
 from .verify import (
     LatentMismatchError,
     ModelMismatchError,
@@ -15,6 +24,9 @@ from .verify import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageTooLargeError",
+    "check_size",
     "MAGIC",
     "VERSION",
     "Encoded",

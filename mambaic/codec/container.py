@@ -58,6 +58,10 @@ READABLE_VERSIONS = (1, 2)
 PADDING_REPLICATE = 1
 MAX_PLATFORM_BYTES = 4096  # the platform JSON is about 300 bytes; more means a forged file
 CHECKSUM_BYTES = 4
+# Model sizes a file may declare: far above the official model (N 128, M 320, depths 2,2,9,2, z 192)
+# and any variant we know of, far below what would make a decoder built from the header (demos,
+# `--random-init`) allocate gigabytes of weights for a forged file.
+MAX_MODEL = {"N": 1024, "M": 2048, "z_channels": 1024, "depth": 64}
 # The platform record is JSON deflated against this preset dictionary (zlib's zdict): the usual
 # keys and values then cost a few dozen bytes instead of about 300, which matters at low rates
 # (300 bytes are 0.6% of a Kodak image at 0.1 bpp). Fixed for version 2: a file's record decodes
@@ -338,6 +342,13 @@ class _Reader:
             self.fail("padding", f"unknown padding mode {h['padding']} (1 = replicate)", at["padding"])
         if h["num_slices"] < 1:
             self.fail("num_slices", "must be at least 1", at["num_slices"])
+        for name in ("N", "M", "z_channels"):
+            if not 1 <= h[name] <= MAX_MODEL[name]:
+                self.fail(name, f"{h[name]} is outside 1..{MAX_MODEL[name]} (a forged or foreign file)", at[name])
+        if h["num_slices"] > h["M"]:
+            self.fail("num_slices", f"{h['num_slices']} slices of M={h['M']} latent channels", at["num_slices"])
+        if not all(1 <= d <= MAX_MODEL["depth"] for d in h["depths"]):
+            self.fail("depths", f"{h['depths']}: each must be in 1..{MAX_MODEL['depth']}", at["depths"])
         for side, pad in (("height", "pad_bottom"), ("width", "pad_right")):
             if (h[side] + h[pad]) % IMAGE_MULTIPLE or h[pad] >= IMAGE_MULTIPLE:
                 detail = f"{h[pad]} does not pad {side} {h[side]} to the next multiple of {IMAGE_MULTIPLE}"

@@ -108,6 +108,26 @@ def read_mic(data: bytes, source: str = "<bytes>") -> MicFile:
     return MicFile.from_bytes(data, source)
 
 
+# Decoding allocates maps proportional to the coded (padded) size before any string is read: a
+# file may declare any size, so the decoder refuses what is above this unless told otherwise.
+DEFAULT_MAX_PIXELS = 2**26  # 67 MP: 8192 x 8192
+
+
+class ImageTooLargeError(ValueError):
+    """A .mic file declares more pixels than the decoder was allowed (``max_pixels``)."""
+
+
+def check_size(mic: MicFile, max_pixels: int | None, source: str) -> None:
+    """Raise :class:`ImageTooLargeError` when ``mic`` codes more than ``max_pixels`` pixels
+    (padding included; None: no limit)."""
+    coded = (mic.height + mic.pad_bottom) * (mic.width + mic.pad_right)
+    if max_pixels is not None and coded > max_pixels:
+        raise ImageTooLargeError(
+            f"{source}: declares a {mic.width}x{mic.height} image ({coded:,} pixels coded), above the limit of "
+            f"{max_pixels:,} pixels; if you trust the file, raise the limit (--max-pixels, or max_pixels= in Python)"
+        )
+
+
 def encoder_backends(mic: MicFile, device: str) -> dict[str, str]:
     """The backends to decode ``mic`` with on ``device`` so as to follow its encoder.
 
@@ -169,6 +189,7 @@ def decode_image(
     fingerprint: bytes | None = None,
     *,
     follow_encoder: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode .mic bytes (or a parsed :class:`MicFile`) to (x_hat (1, 3, H, W) in [0, 1], y_hat).
 
@@ -178,9 +199,11 @@ def decode_image(
     a decoded part's checksum differs from the encoder's (this platform's arithmetic differs:
     the message says how and what to do). With ``follow_encoder`` and no backend chosen
     explicitly, each op runs on the backend the file records, where this machine has it.
-    A version 1 file decodes with an :class:`UnverifiedFileWarning`.
+    A version 1 file decodes with an :class:`UnverifiedFileWarning`. A file that codes more than
+    ``max_pixels`` pixels raises :class:`ImageTooLargeError` before anything is allocated.
     """
     mic = data if isinstance(data, MicFile) else read_mic(data, source)
+    check_size(mic, max_pixels, source)
     check_precision(mic, model, source)
     model.update()
     if fingerprint is None:
