@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mambaic.models import IMAGE_MULTIPLE
 
@@ -56,18 +56,25 @@ def _deep_mode(im: Image.Image) -> str | None:
     return None
 
 
-def read_image(path: str | os.PathLike) -> torch.Tensor:
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
     """Read an image file into a (1, 3, H, W) float32 tensor in [0, 1].
 
-    Grayscale and palette images are converted to RGB; an alpha channel is dropped with a
-    warning. Images of more than 8 bits per sample are refused (the model codes 8-bit RGB), and
-    so is anything PIL cannot read. Raises :class:`ImageError`, or FileNotFoundError.
+    Grayscale, palette and CMYK images are converted to RGB; an alpha channel is dropped with a
+    warning; an EXIF orientation is applied (the image as viewers show it). Images of more than
+    8 bits per sample are refused (the model codes 8-bit RGB), so are images of more than
+    ``max_pixels`` pixels (checked before decoding them) and anything PIL cannot read. Raises
+    :class:`ImageError`, or FileNotFoundError.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ImageError(f"{path}: is a folder, not an image")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     try:
         with Image.open(path) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ImageError(f"{path}: {im.width}x{im.height} is {im.width * im.height:,} pixels, above the limit of "
+                                 f"{max_pixels:,} (--max-pixels)")  # fmt: skip
             deep = _deep_mode(im)
             if deep is not None:
                 raise ImageError(
@@ -78,7 +85,9 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
             im.load()
             if "A" in mode or (mode == "P" and "transparency" in im.info):
                 warnings.warn(f"{path}: dropping the alpha channel of a {mode} image", stacklevel=2)
-            rgb = im.convert("RGB")
+            rgb = ImageOps.exif_transpose(im).convert("RGB")
+    except PermissionError:
+        raise ImageError(f"{path}: cannot read it (permission denied)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         # PIL's errors for non-images, truncated or broken files and oversized images
         if isinstance(exc, FileNotFoundError):

@@ -121,6 +121,21 @@ def build_model(args: argparse.Namespace, device: str, defaults: dict | None = N
     return model.to(device).set_precision(args.precision or precision or "fp32")
 
 
+def check_output(output, force: bool, inputs=()) -> None:
+    """Refuse, before any work, an output that cannot or should not be written: a folder, one in a
+    missing folder, an existing file without --force, or one of the inputs (never overwritten)."""
+    out = os.path.abspath(os.fspath(output))
+    if os.path.isdir(out):
+        raise UserError(f"{output}: is a folder; give a file name")
+    folder = os.path.dirname(out)
+    if not os.path.isdir(folder):
+        raise UserError(f"{output}: the folder {folder} does not exist")
+    if any(os.path.exists(i) and os.path.samefile(out, i) for i in map(os.fspath, inputs) if os.path.exists(out)):
+        raise UserError(f"{output}: is the input file; write elsewhere (the input is never overwritten)")
+    if os.path.exists(out) and not force:
+        raise UserError(f"{output}: exists; pass --force to replace it")
+
+
 def run_command(run, args) -> int:
     """Run a command; a user's mistake becomes `Error: ...` on stderr and exit code 1, no traceback."""
     try:

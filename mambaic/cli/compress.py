@@ -12,7 +12,18 @@ import sys
 import time
 import warnings
 
-from ._model import UserError, add_model_arguments, build_model, resolve_device, resolve_threads, run_command
+from mambaic.codec.image_codec import DEFAULT_MAX_PIXELS
+
+from ._model import (
+    UserError,
+    _positive,
+    add_model_arguments,
+    build_model,
+    check_output,
+    resolve_device,
+    resolve_threads,
+    run_command,
+)
 
 
 def sync(device: str) -> None:
@@ -28,10 +39,11 @@ def run(args: argparse.Namespace) -> None:
     from mambaic.image import ImageError, read_image, write_atomic
     from mambaic_kernels import BackendUnavailableError
 
+    check_output(args.output, args.force, [args.input])
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            x = read_image(args.input)
+            x = read_image(args.input, args.max_pixels)
         for w in caught:
             print(f"Warning: {w.message}", file=sys.stderr)
     except (ImageError, FileNotFoundError) as exc:
@@ -70,5 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mambaic compress", description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="image file (PNG, JPEG, ... read with PIL)")
     parser.add_argument("output", help="the .mic file to write (atomically)")
+    parser.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    parser.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="P",
+                        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,}: 8192 x 8192, what decompress accepts)")
     add_model_arguments(parser, device_help="cuda if there is a GPU, else cpu", threads_help="torch's", precision_help="fp32")
     return run_command(run, parser.parse_args(argv))

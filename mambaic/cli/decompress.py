@@ -20,7 +20,16 @@ import warnings
 from mambaic.codec.image_codec import DEFAULT_MAX_PIXELS
 from mambaic.precision import PRECISIONS
 
-from ._model import UserError, _positive, add_model_arguments, build_model, resolve_device, resolve_threads, run_command
+from ._model import (
+    UserError,
+    _positive,
+    add_model_arguments,
+    build_model,
+    check_output,
+    resolve_device,
+    resolve_threads,
+    run_command,
+)
 from .compress import sync
 
 
@@ -39,6 +48,9 @@ def run(args: argparse.Namespace) -> None:
     from mambaic.image import write_png
     from mambaic_kernels import BackendUnavailableError
 
+    check_output(args.output, args.force, [args.input])
+    if os.path.isdir(args.input):
+        raise UserError(f"{args.input}: is a folder, not a .mic file")
     try:
         with open(args.input, "rb") as f:
             data = f.read()
@@ -89,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mambaic decompress", description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="a .mic file written by `mambaic compress`")
     parser.add_argument("output", help="the PNG to write (atomically)")
+    parser.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="P",
                         help=f"refuse a file that declares more pixels (default {DEFAULT_MAX_PIXELS:,}: 8192 x 8192)")
     add_model_arguments(
