@@ -46,6 +46,8 @@ def selective_scan(
     op = "selective_scan"
     _checks.tensor(op, "u", u, ndim=3)
     batch, KD, L = u.shape
+    if KD < 1:
+        raise ValueError(f"{op}: u must have at least one channel (dim 1), got shape {tuple(u.shape)}")
     _checks.tensor(op, "delta", delta)
     _checks.shape(op, "delta", delta, (batch, KD, L), "the shape of u")
     _checks.tensor(op, "A", A, ndim=2)

@@ -38,7 +38,7 @@ def ss2d_core(
         A_logs: (4 * dim, N), the log of -A. Ds: (4 * dim,), the skip weight.
 
     Returns:
-        (batch, H, W, dim) in u's dtype: the merged scan output, channel-last, before SS2D's
+        (batch, H, W, dim) in u's dtype (empty for an empty u): the merged scan output, channel-last, before SS2D's
         out_norm. Not always contiguous: a backend whose merge writes channel-first maps returns
         them as a transposed view rather than pay a copy (LayerNorm reads it as it is).
 
@@ -52,6 +52,8 @@ def ss2d_core(
     op = "ss2d_core"
     _checks.tensor(op, "u", u, ndim=4)
     batch, dim, H, W = u.shape
+    if dim < 1:
+        raise ValueError(f"{op}: u must have at least one channel (dim 1), got shape {tuple(u.shape)}")
     _checks.tensor(op, "x_proj_weight", x_proj_weight, ndim=3)
     K, RN2, _ = x_proj_weight.shape
     if K != 4:
@@ -79,6 +81,8 @@ def ss2d_core(
     for name, t in (("u", u), *weights.items()):
         _checks.contiguous(op, name, t)
     fn = _backend.resolve(op, **_checks.meta(u, d_state=N, dt_rank=dt_projs_weight.shape[2]))
+    if u.numel() == 0:  # an empty batch or map: nothing to scan, in every backend alike
+        return u.new_zeros((batch, H, W, dim))
     # Under autocast the backends' own matmuls (x_proj) would run in half precision, each its own
     # way: the op computes in float32 whatever the autocast, from u as it comes (any dtype).
     with torch.autocast(u.device.type, enabled=False):
