@@ -10,7 +10,6 @@ the bottleneck's weights alone, identical on every rank, so its gradients agree 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 
@@ -94,9 +93,7 @@ class Ranks:
 
 
 def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of every parameter and buffer's bytes, in state-dict order: equal iff bit-identical."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
-    return h.hexdigest()
+    """SHA-256 of every parameter and buffer, in hex (the codec's fingerprint hash, whole)."""
+    from mambaic.codec.fingerprint import full_digest
+
+    return full_digest(model).hex()

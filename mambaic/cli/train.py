@@ -99,7 +99,7 @@ def _train(args: argparse.Namespace, ranks, device) -> None:
             for batch in bar:
                 if steps >= total:
                     break
-                if ranks.any(time.perf_counter() > deadline, device):
+                if args.max_minutes and ranks.any(time.perf_counter() > deadline, device):  # no collective without it
                     stopped = True
                     break
                 r = T.train_step(model, batch.to(device), criterion, optimizer, aux_optimizer, args.clip, autocast,
@@ -176,7 +176,9 @@ def _model_and_optimizers(args, device):
             optimizer.load_state_dict(state["optimizer"])
             aux_optimizer.load_state_dict(state["aux_optimizer"])
             scheduler.load_state_dict(state["lr_scheduler"])
-            state["epoch"], state["loss"]  # noqa: B018 (both required)
+            missing = [k for k in ("epoch", "loss") if k not in state]
+            if missing:
+                raise KeyError(", ".join(missing))
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
             raise UserError(f"{args.resume}: cannot resume from it ({exc})") from None
     return model, optimizer, aux_optimizer, scheduler, state

@@ -53,6 +53,12 @@ def tables_fingerprint(model: torch.nn.Module) -> bytes:
     return _hash([(n, t) for n, t in _unique_tensors(model) if is_table(n)], TABLES_FINGERPRINT_BYTES)
 
 
+def full_digest(model: torch.nn.Module) -> bytes:
+    """The whole SHA-256 over every parameter and buffer: equal iff the tensors are bit-identical
+    (distributed training compares its ranks with it)."""
+    return _hash(_unique_tensors(model), 32)
+
+
 def legacy_fingerprint(model: torch.nn.Module) -> bytes:
     """The fingerprint of version 1 files: weights and tables together."""
     return _hash(_unique_tensors(model), FINGERPRINT_BYTES)
