@@ -53,8 +53,10 @@ def ms_ssim(x, x_hat) -> float | None:
     return float(_ms_ssim(x.float(), x_hat.float(), data_range=1.0))
 
 
-def evaluate(model, x, device: str, estimate: bool) -> dict:
-    """bpp, quality and times of one image (1, 3, H, W) in [0, 1]."""
+def evaluate(model, x, device: str, estimate: bool, fingerprint: bytes | None = None) -> dict:
+    """bpp, quality and times of one image (1, 3, H, W) in [0, 1]. ``fingerprint``: the model's
+    weights_fingerprint, computed once for a whole run (hashing the weights costs more than coding
+    a small image)."""
     import torch
 
     from mambaic.codec import decode_image, encode_image
@@ -73,10 +75,10 @@ def evaluate(model, x, device: str, estimate: bool) -> dict:
         bpp = sum(float(-torch.log2(v).sum()) for v in out["likelihoods"].values()) / pixels
         x_hat = crop(out["x_hat"], *x.shape[-2:]).clamp(0, 1)
     else:
-        encoded = encode_image(model, x)
+        encoded = encode_image(model, x, fingerprint)
         sync(device)
         t1 = time.perf_counter()
-        x_hat, _ = decode_image(model, encoded.data)
+        x_hat, _ = decode_image(model, encoded.data, fingerprint=fingerprint)
         sync(device)
         t2 = time.perf_counter()
         bpp = 8.0 * len(encoded.data) / pixels
@@ -100,7 +102,7 @@ def _fmt(value, digits: int) -> str:
 def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from mambaic.codec import LatentMismatchError, ModelMismatchError
+    from mambaic.codec import LatentMismatchError, ModelMismatchError, weights_fingerprint
     from mambaic.image import ImageError, read_image
     from mambaic_kernels import BackendUnavailableError
 
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace) -> None:
     resolve_threads(args)
     model = build_model(args, device)
     model.update()
+    fingerprint = None if args.estimate else weights_fingerprint(model)
 
     rows, skipped = [], []
     for path in tqdm(images, desc="eval", unit="image", file=sys.stderr):
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # an alpha channel dropped: the image is still evaluated
                 x = read_image(path)
-            result = evaluate(model, x, device, args.estimate)
+            result = evaluate(model, x, device, args.estimate, fingerprint)
         except (ImageError, OSError, ModelMismatchError, LatentMismatchError, BackendUnavailableError) as exc:
             skipped.append({"image": name, "error": str(exc)})
             tqdm.write(f"Warning: {name}: skipped ({exc})", file=sys.stderr)
