@@ -5,8 +5,9 @@
 For each size, on a crop of a real photograph (scikit-image's astronaut, resized; noise when
 scikit-image is missing), with the official configuration (random weights, or --checkpoint):
 
-- totals: ``encode_image`` / ``decode_image`` (the .mic codec: fingerprints, checksums, the file)
-  and ``model.compress`` / ``model.decompress`` alone, each with cuDNN's deterministic
+- totals: ``encode_image`` / ``decode_image`` (the .mic codec: checksums, the file; eager, and
+  on a GPU with the network parts replayed from CUDA graphs), the weights fingerprint, and
+  ``model.compress`` / ``model.decompress`` alone, each with cuDNN's deterministic
   algorithms (what the codec uses) and with its default ones; median of --iters after a warm-up;
 - stages: the same ``encode_image`` / ``decode_image`` with every step of the slice loop, the
   transforms, the entropy coder calls and the codec's own work timed synchronously (a device
@@ -199,6 +200,15 @@ def profile_size(model, width: int, height: int, device: str, iters: int, kernel
     totals["encode_image"] = timed_ms(lambda: encode_image(model, x, fingerprint), device, iters)
     totals["decode_image"] = timed_ms(lambda: decode_image(model, encoded.data, fingerprint=fingerprint), device, iters)
     totals["weights_fingerprint"] = timed_ms(lambda: weights_fingerprint(model), device, 2)
+    if device == "cuda":  # the network parts replayed from CUDA graphs (captured by the warm-up call)
+        model.use_cuda_graphs()
+        data = encode_image(model, x, fingerprint).data
+        assert data == encoded.data, "graphed encode_image wrote another file than eager"
+        decode_image(model, data, fingerprint=fingerprint)
+        totals["encode_image (cuda graphs)"] = timed_ms(lambda: encode_image(model, x, fingerprint), device, iters)
+        totals["decode_image (cuda graphs)"] = timed_ms(
+            lambda: decode_image(model, encoded.data, fingerprint=fingerprint), device, iters)  # fmt: skip
+        model.use_cuda_graphs(False)
     model.eval()
     with torch.no_grad():
         from mambaic.image import pad_to_multiple

@@ -231,21 +231,23 @@ def in_precision(model, precision: str, weights: dict) -> None:
 
 
 def run_one(model, x, backend: str, args, clock: Clock, variant: str | None = None) -> dict:
-    """Every stage of args.stages on one backend; with a variant, the forward alone, through
-    torch.compile(model) ("compile") or mambaic.CUDAGraphForward(model) ("graph") (compress and
-    decompress drive the entropy coder from Python)."""
+    """Every stage of args.stages on one backend; with a variant, through torch.compile(model)
+    ("compile": the forward alone; compress and decompress drive the entropy coder from Python) or
+    CUDA graphs ("graph": mambaic.CUDAGraphForward(model) for the forward, the network parts of
+    compress and decompress replayed under model.use_cuda_graphs())."""
     import mambaic
     import mambaic_kernels as mk
     from mambaic_kernels import _backend
 
     record = {"backend": backend + (f"+{variant}" if variant else ""), "precision": model.precision}
-    stages = ["forward"] if variant else args.stages
+    stages = ["forward"] if variant == "compile" else args.stages
     run_forward = model
     if variant == "compile":
         torch._dynamo.reset()  # a fresh compilation for this backend
         run_forward = torch.compile(model)
     elif variant == "graph":
         run_forward = mambaic.CUDAGraphForward(model)
+    model.use_cuda_graphs(variant == "graph")
     with mk.use_backend(backend), torch.no_grad(), _backend.recording() as used:
         record["ops"] = used  # which backend ran each op (filled as the stages run)
         strings = shape = None
@@ -303,6 +305,7 @@ def run_one(model, x, backend: str, args, clock: Clock, variant: str | None = No
                     record["ops_pct"] = f"skipped (forward over --profile-limit {args.profile_limit:g} s)"
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
+    model.use_cuda_graphs(False)  # drops the captures and their memory
     return record
 
 
@@ -434,7 +437,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="also time each backend's forward through torch.compile(model), beside eager")
     parser.add_argument("--cuda-graphs", action="store_true",
-                        help="also time each backend's forward replayed from a CUDA graph (mambaic.CUDAGraphForward), beside eager")
+                        help="also time each backend with CUDA graphs, beside eager: the forward (mambaic.CUDAGraphForward), "
+                             "compress and decompress (model.use_cuda_graphs())")
     parser.add_argument("--max-seconds", type=float, default=60.0, metavar="S",
                         help="skip larger resolutions for a backend whose forward took longer than S seconds")
     args = parser.parse_args(argv)

@@ -43,7 +43,7 @@ def photo_batch(batch: int, patch: int, seed: int = 0) -> torch.Tensor:
     return torch.stack(crops).float() / 255
 
 
-def time_backend(backend: str, args, x: torch.Tensor) -> dict:
+def time_backend(backend: str, args, x: torch.Tensor, graphs: bool = False) -> dict:
     import mambaic
     import mambaic_kernels as mk
     from mambaic import training as T
@@ -59,10 +59,16 @@ def time_backend(backend: str, args, x: torch.Tensor) -> dict:
     optimizer, aux_optimizer = T.optimizers(model)
     criterion = T.RateDistortionLoss(args.lmbda)
     autocast = T.autocast_for(args.precision, args.device)
-    record = {"backend": backend, "precision": args.precision}
+    record = {"backend": backend + ("+graph" if graphs else ""), "precision": args.precision}
+    graphed = None
     try:
         with mk.use_backend(backend):
-            step = lambda: T.train_step(model, x, criterion, optimizer, aux_optimizer, 1.0, autocast)  # noqa: E731
+            if graphs:
+                graphed = T.GraphedForwardBackward(model, criterion, T.autocast_for(args.precision, args.device, True))
+
+            def step():
+                T.train_step(model, x, criterion, optimizer, aux_optimizer, 1.0, autocast, graphed=graphed)
+
             for _ in range(args.warmup):
                 step()
             clock.sync()
@@ -71,7 +77,7 @@ def time_backend(backend: str, args, x: torch.Tensor) -> dict:
             record.update(median_ms=statistics.median(times), min_ms=min(times), peak_mib=clock.peak_mib(), steps=len(times))
     except torch.cuda.OutOfMemoryError:
         record["error"] = "OOM"
-    del model, optimizer, aux_optimizer
+    del model, optimizer, aux_optimizer, graphed
     if args.device == "cuda":
         torch.cuda.empty_cache()
     return record
@@ -88,6 +94,8 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="also time each backend's step with its forward and backward replayed from a CUDA graph")
     parser.add_argument("--config", help="N,M,d0,d1,d2,d3 for a smaller model (tests)")
     parser.add_argument("--json", metavar="OUT.json")
     args = parser.parse_args(argv)
@@ -101,6 +109,8 @@ def main(argv=None) -> int:
     backends = args.backend or available
     x = photo_batch(args.batch, args.patch, args.seed).to(args.device)
     records = [time_backend(b, args, x) for b in backends]
+    if args.cuda_graphs:
+        records += [time_backend(b, args, x, graphs=True) for b in backends if b != "vmamba"]
     header = {**machine(args.device), "batch": args.batch, "patch": args.patch, "precision": args.precision,
               "command": " ".join(["python bench/train_step.py"] + (argv if argv is not None else sys.argv[1:]))}
     print(f"device {header['device']} | torch {header['torch']} | commit {header['commit']} | batch {args.batch} of "

@@ -105,13 +105,14 @@ def optimizers(model: torch.nn.Module, lr: float = 1e-4, aux_lr: float = 1e-3):
     return torch.optim.Adam([named[n] for n in main], lr=lr), torch.optim.Adam([named[n] for n in aux], lr=aux_lr)
 
 
-def autocast_for(precision: str, device: str):
+def autocast_for(precision: str, device: str, cuda_graphs: bool = False):
     """A factory of the context a training step's forward runs in: bf16 autocast over float32
-    master weights, TF32 arithmetic (mambaic.precision), or nothing for fp32."""
+    master weights, TF32 arithmetic (mambaic.precision), or nothing for fp32. Under CUDA graphs
+    autocast must not cache its casts of the weights (PyTorch's rule for captured autocast)."""
     from mambaic.precision import arithmetic
 
     if precision == "bf16":
-        return lambda: torch.autocast(device, dtype=torch.bfloat16)
+        return lambda: torch.autocast(device, dtype=torch.bfloat16, cache_enabled=not cuda_graphs)
     return lambda: arithmetic(precision)
 
 
@@ -127,20 +128,81 @@ class StepResult:
     aux: float
 
 
-def train_step(model, batch, criterion, optimizer, aux_optimizer, clip: float, autocast, skip_together=None) -> StepResult | None:
+class GraphedForwardBackward:
+    """A training step's forward, loss and backward replayed from one CUDA graph.
+
+    A training step at 256x256 launches tens of thousands of small kernels (the slice loop at
+    1/16 of the crop, the recomputing backward of the SS2D cores) and Python launches them more
+    slowly than the GPU runs them. Captured once (after a few warm-up passes on a side stream),
+    the step replays with one call; the gradients land in the parameters' ``.grad`` tensors,
+    which the graph owns and rewrites on every replay (so nothing may zero or replace them).
+    Clipping and the optimisers stay eager: the non-finite-loss check needs the loss on the host
+    before the update, and Adam is a handful of fused launches.
+
+    One batch shape per capture (random crops have one); random numbers (the quantisation noise,
+    stochastic depth) are drawn anew at each replay, as CUDA graphs do for PyTorch's generator.
+    """
+
+    def __init__(self, model, criterion, autocast, warmup: int = 3):
+        self.model, self.criterion, self.autocast, self.warmup = model, criterion, autocast, warmup
+        self.graph = self.batch = self.terms = None
+
+    def _pass(self, batch):
+        with self.autocast():
+            out = self.model(batch)
+        terms = self.criterion(out, batch)
+        terms["loss"].backward()
+        return terms
+
+    def __call__(self, batch: torch.Tensor) -> dict:
+        if self.graph is None:
+            self._capture(batch)
+        elif batch.shape != self.batch.shape:
+            raise ValueError(f"GraphedForwardBackward: captured for batches of shape {tuple(self.batch.shape)}, "
+                             f"got {tuple(batch.shape)} (use drop_last=True so that every batch is full)")
+        self.batch.copy_(batch)
+        self.graph.replay()
+        return self.terms
+
+    def _capture(self, batch: torch.Tensor) -> None:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.batch = batch.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):  # kernels compile and autotune, the allocator warms up
+                for p in params:
+                    p.grad = None
+                self._pass(self.batch)
+        torch.cuda.current_stream().wait_stream(side)
+        for p in params:  # the captured backward creates them in the graph's memory
+            p.grad = None
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.terms = self._pass(self.batch)
+
+
+def train_step(model, batch, criterion, optimizer, aux_optimizer, clip: float, autocast, skip_together=None,
+               graphed: GraphedForwardBackward | None = None) -> StepResult | None:
     """One official step: forward, loss, backward, clipping, Adam; then the auxiliary loss and its
     Adam. A non-finite loss skips the step (as the official script does) and returns None; with
     several processes ``skip_together(bad)`` makes every rank skip when one must (Ranks.any), as
-    the gradients' all-reduce needs every rank's backward."""
-    optimizer.zero_grad(set_to_none=True)
-    aux_optimizer.zero_grad(set_to_none=True)
-    with autocast():
-        out = model(batch)
-    terms = criterion(out, batch)
+    the gradients' all-reduce needs every rank's backward. With ``graphed``, the forward, loss and
+    backward replay from its CUDA graph (which owns the gradients: they are not zeroed)."""
+    if graphed is not None:
+        aux_optimizer.zero_grad(set_to_none=False)  # the aux gradient adds to the graph's (or a stale one)
+        terms = graphed(batch)
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        aux_optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            out = model(batch)
+        terms = criterion(out, batch)
     bad = not torch.isfinite(terms["loss"])
     if skip_together(bad) if skip_together else bad:
         return None
-    terms["loss"].backward()
+    if graphed is None:
+        terms["loss"].backward()
     if clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()

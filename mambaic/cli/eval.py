@@ -53,15 +53,16 @@ def ms_ssim(x, x_hat) -> float | None:
     return float(_ms_ssim(x.float(), x_hat.float(), data_range=1.0))
 
 
-def evaluate(model, x, device: str, estimate: bool, fingerprint: bytes | None = None) -> dict:
+def evaluate(model, x, device: str, estimate: bool, fingerprint: bytes | None = None, forward=None) -> dict:
     """bpp, quality and times of one image (1, 3, H, W) in [0, 1]. ``fingerprint``: the model's
     weights_fingerprint, computed once for a whole run (hashing the weights costs more than coding
-    a small image)."""
+    a small image). ``forward``: what runs the model for --estimate (default the model itself)."""
     import torch
 
     from mambaic.codec import decode_image, encode_image
     from mambaic.image import crop, pad_to_multiple
 
+    forward = forward or model
     pixels = x.shape[-2] * x.shape[-1]
     x = x.to(device)
     sync(device)
@@ -69,7 +70,7 @@ def evaluate(model, x, device: str, estimate: bool, fingerprint: bytes | None = 
     if estimate:
         padded, _ = pad_to_multiple(x)
         with torch.no_grad():
-            out = model(padded)
+            out = forward(padded)
         sync(device)
         t1 = t2 = time.perf_counter()
         bpp = sum(float(-torch.log2(v).sum()) for v in out["likelihoods"].values()) / pixels
@@ -103,6 +104,7 @@ def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from mambaic.codec import LatentMismatchError, ModelMismatchError, weights_fingerprint
+    from mambaic.graphs import CUDAGraphForward
     from mambaic.image import ImageError, read_image
     from mambaic_kernels import BackendUnavailableError
 
@@ -111,7 +113,12 @@ def run(args: argparse.Namespace) -> None:
     resolve_threads(args)
     model = build_model(args, device)
     model.update()
+    if args.cuda_graphs:
+        if device != "cuda":
+            raise UserError(f"--cuda-graphs needs a GPU (--device cuda), got --device {device}")
+        model.use_cuda_graphs()
     fingerprint = None if args.estimate else weights_fingerprint(model)
+    forward = CUDAGraphForward(model.eval()) if args.cuda_graphs and args.estimate else model
 
     rows, skipped = [], []
     for path in tqdm(images, desc="eval", unit="image", file=sys.stderr):
@@ -120,7 +127,7 @@ def run(args: argparse.Namespace) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # an alpha channel dropped: the image is still evaluated
                 x = read_image(path)
-            result = evaluate(model, x, device, args.estimate, fingerprint)
+            result = evaluate(model, x, device, args.estimate, fingerprint, forward)
         except (ImageError, OSError, ModelMismatchError, LatentMismatchError, BackendUnavailableError) as exc:
             skipped.append({"image": name, "error": str(exc)})
             tqdm.write(f"Warning: {name}: skipped ({exc})", file=sys.stderr)
@@ -160,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="bpp from the forward's likelihoods, without entropy coding (faster)")
     parser.add_argument("--csv", metavar="OUT.csv", help="per-image results as CSV")
     parser.add_argument("--json", metavar="OUT.json", help="per-image results and their average as JSON")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay the network from CUDA graphs (GPU): each image size is captured once, "
+                             "then replayed; faster for many images of one size, slower for all-different sizes")
     parser.add_argument("--name", default="mambaic",
                         help="the curve this run is a point of, in the JSON (mambaic plot / bdrate join same-named files)")
     add_model_arguments(parser, device_help="cuda if there is a GPU, else cpu", threads_help="torch's",

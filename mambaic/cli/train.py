@@ -73,6 +73,14 @@ def _train(args: argparse.Namespace, ranks, device) -> None:
         out.mkdir(parents=True, exist_ok=True)
     criterion = T.RateDistortionLoss(args.lmbda, args.metric)
     autocast = T.autocast_for(args.precision, device.type)
+    graphed = None
+    if args.cuda_graphs:
+        if device.type != "cuda":
+            raise UserError(f"--cuda-graphs needs a GPU (--device cuda), got --device {device.type}")
+        if ranks.distributed:
+            raise UserError("--cuda-graphs runs in one process only (DistributedDataParallel's gradient all-reduce "
+                            "is not captured); under torchrun, train without it")
+        graphed = T.GraphedForwardBackward(model, criterion, T.autocast_for(args.precision, "cuda", cuda_graphs=True))
     loader, sampler, generator = _train_loader(args, train_set, ranks)
     if len(loader) == 0:
         raise UserError(f"{args.train_dir}: {len(train_set)} images, fewer than one batch of {args.batch_size}"
@@ -103,7 +111,7 @@ def _train(args: argparse.Namespace, ranks, device) -> None:
                     stopped = True
                     break
                 r = T.train_step(model, batch.to(device), criterion, optimizer, aux_optimizer, args.clip, autocast,
-                                 skip_together=lambda bad: ranks.any(bad, device))  # fmt: skip
+                                 skip_together=lambda bad: ranks.any(bad, device), graphed=graphed)  # fmt: skip
                 if r is None:
                     bar.write(f"epoch {epoch}: a non-finite loss; step skipped", file=sys.stderr)
                     continue
@@ -263,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--milestones", type=int, nargs="*", help="epochs at which the learning rate is divided by 10")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="fp32; tf32 (TF32 matmuls and convolutions); bf16 (autocast, float32 master weights)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay each step's forward and backward from a CUDA graph (one GPU, one process): "
+                             "the step's thousands of small launches become one")
     parser.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint")
     parser.add_argument("--init", metavar="CKPT", help="start from these weights (official or ours)")
     parser.add_argument("--seed", type=int, default=0)

@@ -175,6 +175,7 @@ class MambaIC(CompressionModel):
         )
         self.gaussian_conditional = GaussianConditional(None)
         self._tf32 = False  # set_precision("tf32"); not part of the state dict
+        self._graphs = None  # use_cuda_graphs(): a mambaic.graphs.GraphCache
 
     # -- the steps of the slice loop, shared by forward, compress and decompress ------------------
 
@@ -388,24 +389,21 @@ class MambaIC(CompressionModel):
         (see :data:`SymbolsHook`).
         """
         self._check_input(x, "compress")
-        y = self._analysis(x)
-        z = self.h_a(y)
+        y, z = self._graphed("analysis", self._analysis_and_hyper, x)
         z_strings, z_hat = self._code_z(z, symbols_hook)
-        latent_means, latent_scales = self._hyper_synthesis(z_hat)
+        latent_means, latent_scales = self._graphed("hyper_synthesis", self._hyper_synthesis, z_hat)
 
         y_hat_slices, y_strings = [], []
         for i, y_slice in enumerate(y.chunk(self.num_slices, dim=1)):
-            mean_support, support = self._slice_support(i, latent_means, latent_scales, y_hat_slices)
-            means_a, scales_a = self._anchor_parameters(i, support)
+            mean_support, support, means_a, scales_a = self._graphed(
+                f"anchors {i}", self._anchor_step(i), latent_means, latent_scales, *y_hat_slices[: self._n_support(i)]
+            )
             anchor_strings, y_hat_a = self._code_colour(y_slice, means_a, scales_a, ANCHOR, 1 + 2 * i, symbols_hook)
-            means_n, scales_n = self._non_anchor_parameters(i, y_hat_a, support)
+            means_n, scales_n = self._graphed(f"non-anchors {i}", self._non_anchor_step(i), y_hat_a, support)
             non_anchor_strings, y_hat_n = self._code_colour(
                 y_slice, means_n, scales_n, NON_ANCHOR, 2 + 2 * i, symbols_hook
             )
-
-            y_hat_slice = y_hat_a + y_hat_n
-            y_hat_slice = y_hat_slice + self._lrp(i, mean_support, y_hat_slice)
-            y_hat_slices.append(y_hat_slice)
+            y_hat_slices.append(self._graphed(f"slice {i}", self._slice_step(i), mean_support, y_hat_a, y_hat_n))
             y_strings.append([anchor_strings, non_anchor_strings])
         return {"strings": [y_strings, z_strings], "shape": z.shape[-2:], "y_hat": torch.cat(y_hat_slices, dim=1)}
 
@@ -425,21 +423,66 @@ class MambaIC(CompressionModel):
             )
         y_strings, z_strings = strings
         z_hat = self._decode_z(z_strings, shape, symbols_hook)
-        latent_means, latent_scales = self._hyper_synthesis(z_hat)
+        latent_means, latent_scales = self._graphed("hyper_synthesis", self._hyper_synthesis, z_hat)
 
         y_hat_slices = []
         for i in range(self.num_slices):
-            mean_support, support = self._slice_support(i, latent_means, latent_scales, y_hat_slices)
-            means_a, scales_a = self._anchor_parameters(i, support)
+            mean_support, support, means_a, scales_a = self._graphed(
+                f"anchors {i}", self._anchor_step(i), latent_means, latent_scales, *y_hat_slices[: self._n_support(i)]
+            )
             y_hat_a = self._decode_colour(y_strings[i][0], means_a, scales_a, ANCHOR, 1 + 2 * i, symbols_hook)
-            means_n, scales_n = self._non_anchor_parameters(i, y_hat_a, support)
+            means_n, scales_n = self._graphed(f"non-anchors {i}", self._non_anchor_step(i), y_hat_a, support)
             y_hat_n = self._decode_colour(y_strings[i][1], means_n, scales_n, NON_ANCHOR, 2 + 2 * i, symbols_hook)
-
-            y_hat_slice = y_hat_a + y_hat_n
-            y_hat_slice = y_hat_slice + self._lrp(i, mean_support, y_hat_slice)
-            y_hat_slices.append(y_hat_slice)
+            y_hat_slices.append(self._graphed(f"slice {i}", self._slice_step(i), mean_support, y_hat_a, y_hat_n))
         y_hat = torch.cat(y_hat_slices, dim=1)
-        return {"x_hat": self._synthesis(y_hat).clamp_(0, 1), "y_hat": y_hat}
+        return {"x_hat": self._graphed("synthesis", self._synthesis, y_hat).clamp_(0, 1), "y_hat": y_hat}
+
+    # -- the network parts of compress / decompress, between two entropy-coder calls -----------------
+
+    def _analysis_and_hyper(self, x):
+        y = self._analysis(x)
+        return y, self.h_a(y)
+
+    def _anchor_step(self, i):
+        """(latent_means, latent_scales, *previous y_hat slices) -> (mean_support, support, anchor
+        means, anchor scales) of slice i."""
+
+        def step(latent_means, latent_scales, *previous):
+            mean_support, support = self._slice_support(i, latent_means, latent_scales, list(previous))
+            return (mean_support, support, *self._anchor_parameters(i, support))
+
+        return step
+
+    def _non_anchor_step(self, i):
+        return lambda y_hat_a, support: self._non_anchor_parameters(i, y_hat_a, support)
+
+    def _slice_step(self, i):
+        """(mean_support, y_hat anchors, y_hat non-anchors) -> slice i's y_hat with its residual
+        prediction."""
+
+        def step(mean_support, y_hat_a, y_hat_n):
+            y_hat_slice = y_hat_a + y_hat_n
+            return y_hat_slice + self._lrp(i, mean_support, y_hat_slice)
+
+        return step
+
+    def _graphed(self, name: str, fn, *tensors):
+        """fn(*tensors), replayed from a CUDA graph under :meth:`use_cuda_graphs` on a GPU."""
+        if self._graphs is None or tensors[0].device.type != "cuda" or torch.is_grad_enabled():
+            return fn(*tensors)
+        from mambaic.graphs import dispatch_key
+
+        return self._graphs.run(name, fn, *tensors, key=dispatch_key(self))
+
+    def use_cuda_graphs(self, enabled: bool = True) -> "MambaIC":
+        """Replay the network parts of :meth:`compress` and :meth:`decompress` from CUDA graphs on
+        a GPU (see :mod:`mambaic.graphs`): the first call per image size captures them (about three
+        eager passes), later calls replay. Worth it for many images of one size (``mambaic eval``);
+        the means, scales and y_hat equal the eager ones bit for bit. Returns the model."""
+        from mambaic.graphs import GraphCache
+
+        self._graphs = GraphCache() if enabled else None
+        return self
 
     # -- precision ----------------------------------------------------------------------------------
 

@@ -71,3 +71,5 @@ def test_eval_errors(tmp_path, capsys):
     (tmp_path / "bad" / "x.png").write_bytes(b"junk")
     code, _, err = run(capsys, eval_cli, [tmp_path / "bad", *TINY_ARGS])
     assert code == 1 and "none of the 1 images could be evaluated" in err
+    code, _, err = run(capsys, eval_cli, [tmp_path / "bad", *TINY_ARGS, "--cuda-graphs", "--device", "cpu"])
+    assert code == 1 and "--cuda-graphs needs a GPU (--device cuda), got --device cpu" in err

@@ -70,3 +70,5 @@ def test_train_errors(folders, tmp_path, capsys):
     assert code == 1 and "not a folder" in err
     code, _, err = run(capsys, train, [folders / "train", *_train(folders, tmp_path / "o", "--batch-size", "9")])
     assert code == 1 and "4 images, fewer than one batch of 9" in err
+    code, _, err = run(capsys, train, [folders / "train", *_train(folders, tmp_path / "o", "--cuda-graphs", "--device", "cpu")])
+    assert code == 1 and "--cuda-graphs needs a GPU (--device cuda), got --device cpu" in err
