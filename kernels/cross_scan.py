@@ -17,7 +17,8 @@ def cross_scan(x: torch.Tensor, *, channel_last: bool = False) -> torch.Tensor:
 
     Returns:
         (batch, 4, dim, L) with L = H*W, in ``x``'s dtype. Direction 0 is row-major, 1
-        column-major, 2 and 3 are 0 and 1 reversed.
+        column-major, 2 and 3 are 0 and 1 reversed. Empty (and its gradient too) when batch, dim,
+        H or W is 0.
 
     Example:
         >>> x = torch.randn(2, 8, 5, 7)
@@ -28,6 +29,9 @@ def cross_scan(x: torch.Tensor, *, channel_last: bool = False) -> torch.Tensor:
     _checks.tensor(op, "x", x, ndim=4)
     _checks.contiguous(op, "x", x)
     fn = _backend.resolve(op, **_checks.meta(x))
+    if x.numel() == 0:
+        batch, dim, H, W = (x.shape[0], x.shape[3], *x.shape[1:3]) if channel_last else x.shape
+        return _empty_output(x, (batch, 4, dim, H * W))
     return fn(x, channel_last)
 
 
@@ -40,7 +44,8 @@ def cross_merge(y: torch.Tensor, *, channel_last: bool = False) -> torch.Tensor:
         channel_last: return (batch, L, dim) instead of (batch, dim, L).
 
     Returns:
-        (batch, dim, L) or (batch, L, dim), L = H*W, row-major positions, in ``y``'s dtype.
+        (batch, dim, L) or (batch, L, dim), L = H*W, row-major positions, in ``y``'s dtype. Empty
+        (and its gradient too) when batch, dim, H or W is 0.
 
     Example:
         >>> y = torch.randn(2, 4, 8, 5, 7)
@@ -53,4 +58,15 @@ def cross_merge(y: torch.Tensor, *, channel_last: bool = False) -> torch.Tensor:
         raise ValueError(f"{op}: y must have 4 scan directions in dim 1, got shape {tuple(y.shape)}")
     _checks.contiguous(op, "y", y)
     fn = _backend.resolve(op, **_checks.meta(y))
+    if y.numel() == 0:
+        batch, _, dim, H, W = y.shape
+        return _empty_output(y, (batch, H * W, dim) if channel_last else (batch, dim, H * W))
     return fn(y, channel_last)
+
+
+def _empty_output(t: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """The op's empty output for an empty input (no batch, no channels or no positions), the same
+    in every backend and decided before any of them runs (the cpu backend's fake kernel divided by
+    zero on such shapes under torch.compile). A reshape of the input rather than a new tensor, so
+    that autograd still reaches the input and gives it its (empty) gradient."""
+    return t.reshape(shape)

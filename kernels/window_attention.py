@@ -28,7 +28,8 @@ def window_attention(
 
     Returns:
         (batch, H, W, dim) in qkv's dtype: softmax(q k^T / sqrt(head_dim) + bias) v per window,
-        heads concatenated, before the output projection.
+        heads concatenated, before the output projection. Empty for an empty batch (and then
+        rel_pos_bias's gradient is zero).
 
     Example:
         >>> qkv = torch.randn(2, 16, 24, 3 * 32)
@@ -40,8 +41,10 @@ def window_attention(
     _checks.positive_int(op, "heads", heads)
     _checks.positive_int(op, "window", window)
     batch, H, W, C3 = qkv.shape
-    if C3 % (3 * heads) != 0:
-        raise ValueError(f"{op}: qkv's last dim must be 3 * heads * head_dim = multiple of {3 * heads}, got {C3}")
+    if C3 == 0 or C3 % (3 * heads) != 0:  # no channels would give head_dim 0, and a scale of 0 ** -0.5
+        raise ValueError(
+            f"{op}: qkv's last dim must be 3 * heads * head_dim, a positive multiple of {3 * heads}, got {C3}"
+        )
     if H % window or W % window or H == 0 or W == 0:
         raise ValueError(
             f"{op}: qkv's H and W must be positive multiples of window={window}, got H={H}, W={W}; pad the map first"
@@ -52,4 +55,9 @@ def window_attention(
     _checks.contiguous(op, "qkv", qkv)
     _checks.contiguous(op, "rel_pos_bias", rel_pos_bias)
     fn = _backend.resolve(op, **_checks.meta(qkv, window=window, head_dim=C3 // 3 // heads))
+    if batch == 0:
+        # No image, no window: an empty output, the same in every backend, before any of them runs
+        # (the torch backend's SDPA left rel_pos_bias out of the graph). Made from both inputs, so
+        # that autograd gives each its gradient: empty for qkv, zeros for rel_pos_bias.
+        return qkv.reshape(0, H, W, C3 // 3) + rel_pos_bias.sum()
     return fn(qkv, rel_pos_bias, heads, window, bool(shifted))

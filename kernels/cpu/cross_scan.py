@@ -15,8 +15,9 @@ def make_cross_ops(ext):
 
     @cross_scan_cpu.register_fake
     def _(x, channel_last):
-        batch, C = x.shape[0], x.shape[3] if channel_last else x.shape[1]
-        return x.new_empty((batch, 4, C, x.numel() // (batch * C)))
+        # L from H and W, not numel // (batch * C): that divided by zero for an empty batch or no channels
+        batch, C, H, W = (x.shape[0], x.shape[3], *x.shape[1:3]) if channel_last else x.shape
+        return x.new_empty((batch, 4, C, H * W))
 
     @torch.library.custom_op("mambaic::cross_merge_cpu", mutates_args=())
     def cross_merge_cpu(y: torch.Tensor, channel_last: bool) -> torch.Tensor:
