@@ -134,8 +134,8 @@ class GraphedForwardBackward:
     A training step at 256x256 launches tens of thousands of small kernels (the slice loop at
     1/16 of the crop, the recomputing backward of the SS2D cores) and Python launches them more
     slowly than the GPU runs them. Captured once (after a few warm-up passes on a side stream),
-    the step replays with one call; the gradients land in the parameters' ``.grad`` tensors,
-    which the graph owns and rewrites on every replay (so nothing may zero or replace them).
+    the step replays with one call; the gradients land in the graph's own tensors, rewritten on
+    every replay and set as the parameters' ``.grad`` after it (zeroing them before is useless).
     Clipping and the optimisers stay eager: the non-finite-loss check needs the loss on the host
     before the update, and Adam is a handful of fused launches.
 
@@ -146,6 +146,7 @@ class GraphedForwardBackward:
     def __init__(self, model, criterion, autocast, warmup: int = 3):
         self.model, self.criterion, self.autocast, self.warmup = model, criterion, autocast, warmup
         self.graph = self.batch = self.terms = None
+        self._grads = []  # (parameter, the graph's gradient tensor of it)
 
     def _pass(self, batch):
         with self.autocast():
@@ -162,6 +163,9 @@ class GraphedForwardBackward:
                              f"got {tuple(batch.shape)} (use drop_last=True so that every batch is full)")
         self.batch.copy_(batch)
         self.graph.replay()
+        for p, grad in self._grads:  # the graph wrote its own tensors: make them the gradients again
+            if p.grad is not grad:  # (zero_grad(set_to_none=True) or an eager backward replaced them)
+                p.grad = grad
         return self.terms
 
     def _capture(self, batch: torch.Tensor) -> None:
@@ -180,6 +184,7 @@ class GraphedForwardBackward:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.terms = self._pass(self.batch)
+        self._grads = [(p, p.grad) for p in params]
 
 
 def train_step(model, batch, criterion, optimizer, aux_optimizer, clip: float, autocast, skip_together=None,
