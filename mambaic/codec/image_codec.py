@@ -25,10 +25,11 @@ from mambaic.image import crop, pad_to_multiple
 from mambaic.layers.ss2d import legacy_core
 from mambaic.models import MambaIC
 from mambaic.models.entropy_tables import TABLE_BUFFERS
+from mambaic.models.rans import CorruptStringError
 from mambaic_kernels import _backend
 
 from . import platform as plat
-from .container import MicFile, MicFormatError, latent_checksum
+from .container import MicFile, MicFormatError, header_size, latent_checksum, pack_platform, part_name
 from .fingerprint import legacy_fingerprint, tables_fingerprint, weights_fingerprint
 from .verify import LatentVerifier, UnverifiedFileWarning, WeightsMismatchError, check_model, check_precision
 
@@ -193,10 +194,12 @@ def decode_image(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode .mic bytes (or a parsed :class:`MicFile`) to (x_hat (1, 3, H, W) in [0, 1], y_hat).
 
-    Raises :class:`MicFormatError` for a damaged file, :class:`WeightsMismatchError` /
+    Raises :class:`MicFormatError` for a damaged file (also for a z string that no encoder
+    wrote, behind correct CRCs), :class:`WeightsMismatchError` /
     :class:`TablesMismatchError` for another model, :class:`PrecisionMismatchError` for a model
     in another precision than the encoder's, and :class:`LatentMismatchError` as soon as
-    a decoded part's checksum differs from the encoder's (this platform's arithmetic differs:
+    a decoded part's checksum differs from the encoder's, or its string cannot be entropy-decoded
+    with the CDF rows this decoder computed (this platform's arithmetic differs:
     the message says how and what to do). With ``follow_encoder`` and no backend chosen
     explicitly, each op runs on the backend the file records, where this machine has it.
     A version 1 file decodes with an :class:`UnverifiedFileWarning`. A file that codes more than
@@ -228,5 +231,32 @@ def decode_image(
     strings = [[[anchor], [non_anchor]] for anchor, non_anchor in mic.slices], [mic.z_string]
     with tables, _coding_mode(model), _backend.use_backend(follow), _backend.recording() as used:
         verify = LatentVerifier(mic, source, used, device, plat.precision_of(model)) if mic.verifiable else None
-        out = model.decompress(list(strings), mic.z_shape, symbols_hook=verify)
+        try:
+            out = model.decompress(list(strings), mic.z_shape, symbols_hook=verify)
+        except CorruptStringError as exc:  # a string that cannot come from the encoder with these CDF rows
+            if exc.part and verify is not None:  # a y part: its rows come from this platform's arithmetic
+                raise verify.undecodable(exc.part, str(exc)) from None
+            raise _corrupt_string(mic, data, source, exc) from None
     return crop(out["x_hat"], mic.height, mic.width), out["y_hat"]
+
+
+def _corrupt_string(mic: MicFile, data: bytes | MicFile, source: str, exc: CorruptStringError) -> MicFormatError:
+    """The entropy decoder's CorruptStringError as the .mic error: the file, "payload", and the
+    offset of the string. z's CDF rows are fixed (one per channel) and its tables were checked, so
+    its string is damaged, behind correct CRCs: its writer cut or coded the payload wrongly. A
+    version 1 file's y part may also have been decoded with other arithmetic than its encoder's
+    (such a file records nothing to tell)."""
+    strings = mic.strings()
+    part = exc.part if exc.part is not None else 0
+    cause = ("the payload CRC matches, so the file was written so (string lengths that do not match the strings?)"
+             if part == 0 else "the file is damaged, or this platform's arithmetic differs from its encoder's (a "
+             "version 1 file records no checksums and no platform to tell; re-encode the image)")  # fmt: skip
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        header = len(data) - sum(map(len, strings))
+    else:  # a parsed file: its header as to_bytes would write it
+        header = header_size(mic.num_slices, mic.version, len(pack_platform(mic.platform)) if mic.platform else 0)
+    offset = header + sum(map(len, strings[:part]))
+    return MicFormatError(
+        source, "payload", offset,
+        f"the string of {part_name(part, mic.num_slices)}: {exc}; {cause}",
+    )  # fmt: skip

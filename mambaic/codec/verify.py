@@ -100,14 +100,26 @@ class LatentVerifier:
         if got == want:
             self.checked += 1
             return
+        raise self._mismatch(
+            part, f"decoded to other latents than the encoder's (checksum {got.hex()}, the file says {want.hex()})"
+        )
+
+    def undecodable(self, part: int, reason: str) -> LatentMismatchError:
+        """The error for a part whose string the entropy decoder refused (``reason``: its
+        CorruptStringError). A y part's CDF rows come from the means and scales this decoder
+        computed: with another platform's, the encoder's string looks corrupt, and no checksum
+        can be taken. Either way its symbols are not the encoder's; the message says what differs
+        (or, when nothing does, that the file is damaged)."""
+        return self._mismatch(part, f"could not be entropy-decoded ({reason})")
+
+    def _mismatch(self, part: int, what_happened: str) -> LatentMismatchError:
         recorded = self.mic.platform or {}
         here = plat.current(self.device, self.used, self.precision)
         diffs = plat.differences(recorded, here)
         what = "; ".join(_format(*d) for d in diffs) or "none of the recorded facts"
-        raise LatentMismatchError(
-            f"{self.source}: {part_name(part, self.mic.num_slices)} decoded to other latents than the "
-            f"encoder's (checksum {got.hex()}, the file says {want.hex()}): this platform does not reproduce "
-            f"the encoder's arithmetic. Encoded with {plat.describe(recorded)}; decoding with "
+        return LatentMismatchError(
+            f"{self.source}: {part_name(part, self.mic.num_slices)} {what_happened}: this platform does not "
+            f"reproduce the encoder's arithmetic. Encoded with {plat.describe(recorded)}; decoding with "
             f"{plat.describe(here)}. Differs: {what}. To decode it: {plat.advice(recorded, diffs)}",
             part,
             diffs,

@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-from compressai.entropy_models import EntropyBottleneck, EntropyModel, GaussianConditional
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models import CompressionModel
 from compressai.models.base import get_scale_table
 from compressai.registry import register_model
@@ -15,6 +15,7 @@ from mambaic import precision as prec
 from mambaic.layers import CheckerboardMaskedConv2d, SWAtten, VSSBlock, conv, deconv
 
 from . import checkerboard as cb
+from . import rans
 from .checkerboard import ANCHOR, NON_ANCHOR
 from .entropy_tables import bottleneck_tables, gaussian_tables, install
 
@@ -333,15 +334,18 @@ class MambaIC(CompressionModel):
     def _code_colour(self, y_slice, means, scales, colour, part, symbols_hook):
         """Entropy-code one checkerboard colour: returns (strings, y_hat on that colour).
 
-        y_hat is computed as the decoder will get it, round(y - means) + means on the packed
-        tensors, so encoder and decoder continue from bit-identical values.
+        The strings are CompressAI's ``GaussianConditional.compress`` (its quantisation, its rANS
+        bytes), coded by :mod:`mambaic.models.rans`. y_hat is computed as the decoder will get
+        it, round(y - means) + means on the packed tensors, so encoder and decoder continue from
+        bit-identical values.
         """
         packed_means = cb.pack(means, colour)
         indexes = self.gaussian_conditional.build_indexes(cb.pack(scales, colour))
         packed_y = cb.pack(y_slice, colour)
-        strings = self.gaussian_conditional.compress(packed_y, indexes, means=packed_means)
+        symbols = self.gaussian_conditional.quantize(packed_y, "symbols", packed_means)
+        strings = rans.encode_symbols(self.gaussian_conditional, symbols, indexes)
         if symbols_hook is not None:
-            symbols_hook(part, self.gaussian_conditional.quantize(packed_y, "symbols", packed_means))
+            symbols_hook(part, symbols)
         y_hat = self.gaussian_conditional.quantize(packed_y, "dequantize", packed_means)
         return strings, cb.unpack(y_hat, colour)
 
@@ -350,7 +354,7 @@ class MambaIC(CompressionModel):
         indexes = self.gaussian_conditional.build_indexes(cb.pack(scales, colour))
         # The integer symbols first (checked by the hook before anything depends on them), then
         # symbols + means: the same float operation as CompressAI's dequantize.
-        symbols = self.gaussian_conditional.decompress(strings, indexes, torch.int32)
+        symbols = rans.decode_symbols(self.gaussian_conditional, strings, indexes, part=part)
         if symbols_hook is not None:
             symbols_hook(part, symbols)
         return cb.unpack(self.gaussian_conditional.dequantize(symbols, packed_means), colour)
@@ -362,19 +366,22 @@ class MambaIC(CompressionModel):
         return medians.expand(batch, *([-1] * (spatial_dims + 1)))
 
     def _code_z(self, z, symbols_hook):
-        """z's strings and z_hat as the decoder will get it (CompressAI's compress then decompress)."""
-        strings = self.entropy_bottleneck.compress(z)
+        """z's strings (CompressAI's ``EntropyBottleneck.compress``, coded by :mod:`mambaic.models.rans`)
+        and z_hat as the decoder will get it: decoded from the strings, by the decoder's own
+        steps. (The symbols + medians have its values, but not always its memory layout: the
+        symbols keep z's, which may be channels-last, and h_s may then round differently.)"""
+        eb = self.entropy_bottleneck
+        symbols = eb.quantize(z, "symbols", self._z_medians(z.shape[0], z.dim() - 2))
+        strings = rans.encode_symbols(eb, symbols, eb._build_indexes(z.size()))
         if symbols_hook is not None:
-            medians = self._z_medians(z.shape[0], z.dim() - 2)
-            symbols_hook(0, self.entropy_bottleneck.quantize(z, "symbols", medians))
-        return strings, self.entropy_bottleneck.decompress(strings, z.shape[-2:])
+            symbols_hook(0, symbols)
+        return strings, self._decode_z(strings, z.shape[-2:], None)
 
     def _decode_z(self, strings, shape, symbols_hook):
         """z_hat from its strings: EntropyBottleneck.decompress, with the symbols shown to the hook."""
         eb = self.entropy_bottleneck
         size = (len(strings), eb._quantized_cdf.size(0), *shape)
-        indexes = eb._build_indexes(size).to(eb._quantized_cdf.device)
-        symbols = EntropyModel.decompress(eb, strings, indexes, torch.int32)
+        symbols = rans.decode_symbols(eb, strings, eb._build_indexes(size), part=0)
         if symbols_hook is not None:
             symbols_hook(0, symbols)
         return eb.dequantize(symbols, self._z_medians(len(strings), len(shape)))
