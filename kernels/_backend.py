@@ -60,15 +60,17 @@ def extension_cache(name: str) -> "tuple[Path, Path | None]":
     return build_dir, next(iter(sorted(build_dir.glob("*.so"))), None)
 
 
-def announce_build(backend: str, name: str, seconds: int) -> None:
+def announce_build(backend: str, name: str, seconds: int, what: str | None = None) -> None:
     """Say on stderr that ``backend``'s extension ``name`` is about to compile, when PyTorch's
-    extension cache holds no build of it yet: the first call would otherwise sit silent."""
+    extension cache holds no build of it yet: the first call would otherwise sit silent.
+    ``what`` names the extension when it is not a backend's kernels."""
     import sys
 
     build_dir, built = extension_cache(name)
     if built is None:
-        print(f"mambaic: compiling the {backend} backend's kernels for this machine (about {seconds} s, once; "
-              f"cached in {build_dir})...", file=sys.stderr, flush=True)
+        what = what or f"the {backend} backend's kernels"
+        print(f"mambaic: compiling {what} for this machine (about {seconds} s, once; cached in {build_dir})...",
+              file=sys.stderr, flush=True)
 
 
 class BackendUnavailableError(RuntimeError):

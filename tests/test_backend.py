@@ -92,3 +92,5 @@ def test_first_build_is_announced(tmp_path, monkeypatch, capsys):
     (tmp_path / "some_extension" / "some_extension.so").write_bytes(b"")
     _backend.announce_build("cpu", "some_extension", 60)
     assert capsys.readouterr().err == ""
+    _backend.announce_build("rans", "other_extension", 60, what="the C++ rANS entropy coder")
+    assert "compiling the C++ rANS entropy coder for this machine (about 60 s, once" in capsys.readouterr().err

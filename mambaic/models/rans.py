@@ -72,7 +72,7 @@ def _build():
     from mambaic_kernels import _backend
 
     source = Path(__file__).parent / "csrc" / "rans.cpp"
-    _backend.announce_build("rANS entropy coder", EXTENSION_NAME, 40)
+    _backend.announce_build("rans", EXTENSION_NAME, 60, what="the C++ rANS entropy coder")
     try:
         # -O3 only: no -march=native, so that a cache shared between machines stays valid
         return cpp_extension.load(name=EXTENSION_NAME, sources=[str(source)], extra_cflags=["-O3"], verbose=False)
