@@ -77,6 +77,12 @@ def size_options(args: argparse.Namespace) -> dict:
     return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
 
 
+def require_gpu(option: str, device: str) -> None:
+    """``option`` (e.g. --cuda-graphs) works on a GPU only: refuse it on ``device`` otherwise."""
+    if device != "cuda":
+        raise UserError(f"{option} needs a GPU (--device cuda), got --device {device}")
+
+
 def resolve_device(args: argparse.Namespace, recorded: str | None = None) -> str:
     """``--device``, or for auto: ``recorded`` (the encoder's device) if this machine has it, else
     cuda when there is a GPU, else cpu."""

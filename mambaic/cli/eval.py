@@ -22,7 +22,8 @@ import time
 import warnings
 from pathlib import Path
 
-from ._model import UserError, add_model_arguments, build_model, resolve_device, resolve_threads, run_command
+from ._model import (UserError, add_model_arguments, build_model, require_gpu, resolve_device, resolve_threads,
+                     run_command)
 from .compress import sync
 
 METRICS = ("bpp", "psnr", "ms_ssim", "encode_s", "decode_s")
@@ -114,8 +115,7 @@ def run(args: argparse.Namespace) -> None:
     model = build_model(args, device)
     model.update()
     if args.cuda_graphs:
-        if device != "cuda":
-            raise UserError(f"--cuda-graphs needs a GPU (--device cuda), got --device {device}")
+        require_gpu("--cuda-graphs", device)
         model.use_cuda_graphs()
     fingerprint = None if args.estimate else weights_fingerprint(model)
     forward = CUDAGraphForward(model.eval()) if args.cuda_graphs and args.estimate else model

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._model import UserError, _depths, _positive, resolve_device, run_command, size_options
+from ._model import UserError, _depths, _positive, require_gpu, resolve_device, run_command, size_options
 
 PRECISIONS = ("fp32", "tf32", "bf16")  # bf16: autocast over float32 master weights
 
@@ -75,8 +75,7 @@ def _train(args: argparse.Namespace, ranks, device) -> None:
     autocast = T.autocast_for(args.precision, device.type)
     graphed = None
     if args.cuda_graphs:
-        if device.type != "cuda":
-            raise UserError(f"--cuda-graphs needs a GPU (--device cuda), got --device {device.type}")
+        require_gpu("--cuda-graphs", device.type)
         if ranks.distributed:
             raise UserError("--cuda-graphs runs in one process only (DistributedDataParallel's gradient all-reduce "
                             "is not captured); under torchrun, train without it")
