@@ -181,9 +181,20 @@ class GraphedForwardBackward:
         torch.cuda.current_stream().wait_stream(side)
         for p in params:  # the captured backward creates them in the graph's memory
             p.grad = None
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.terms = self._pass(self.batch)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.terms = self._pass(self.batch)
+        except RuntimeError as error:  # torch.AcceleratorError included
+            if "legacy stream" not in str(error) and "StreamCapture" not in str(error):
+                raise
+            # A parameter's AccumulateGrad node outlives an eager backward while anything holds
+            # that autograd graph (a loss kept from an eager step, DDP), and keeps its stream.
+            raise RuntimeError(
+                "GraphedForwardBackward: the CUDA graph capture failed because an autograd graph of an "
+                "eager forward of this model is still alive (a loss or output kept from an eager step); "
+                "delete it (or .detach() what you keep) before the first graphed step") from error
+        self.graph = graph
         self._grads = [(p, p.grad) for p in params]
 
 

@@ -843,6 +843,14 @@ def _opt(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return like if t is None else t
 
 
+def _unused(like: torch.Tensor) -> torch.Tensor:
+    # A pointer for a table a launch leaves untouched (no chunks, no saved states). Never an output
+    # of the same launch: under torch.compile the launch is functionalised, each argument it may
+    # write cloned separately, and an output passed twice came back as its other, unwritten clone
+    # (NaN from opcheck's AOT check on the H200, 2026-11-30).
+    return like.new_empty(1, dtype=torch.float32)
+
+
 @torch.library.triton_op("mambaic::selective_scan_fwd_triton", mutates_args=())
 def selective_scan_fwd_triton(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -862,7 +870,7 @@ def selective_scan_fwd_triton(
     if _tracing(u):
         return y, states
     flags = dict(SOFTPLUS=delta_softplus, HAS_BIAS=delta_bias is not None)
-    carries = y
+    carries = _unused(u)
     if n_chunks > 1:
         carries = u.new_empty((batch, KD, n_chunks, N), dtype=torch.float32)
         dsums = u.new_empty((batch, KD, n_chunks), dtype=torch.float32)
@@ -871,7 +879,7 @@ def selective_scan_fwd_triton(
             L, KD, KD // K, N, K, n_chunks, per_chunk, num_warps=_FWD_TILES.warps, **flags, **cfg)
         _carry_chunks(carries, dsums, A, reverse=False)
     torch.library.wrap_triton(_selective_scan_fwd_kernel)[grid](
-        u, delta, A, B, C, _opt(D, A), _opt(delta_bias, A), y, states if store_states else y, carries,
+        u, delta, A, B, C, _opt(D, A), _opt(delta_bias, A), y, states if store_states else _unused(u), carries,
         L, KD, KD // K, N, K, n_tiles, n_chunks, per_chunk,
         HAS_D=D is not None, STORE_STATES=store_states, CHUNKED=n_chunks > 1,
         num_warps=_FWD_TILES.warps, **flags, **cfg,
@@ -916,7 +924,7 @@ def selective_scan_bwd_triton(
     one_group = G % cfg["BD"] == 0  # every program's channels lie in one group
     flags = dict(SOFTPLUS=delta_softplus, HAS_BIAS=delta_bias is not None, ONE_GROUP=one_group)
     if not _tracing(u):
-        vin = du
+        vin = _unused(u)
         if n_chunks > 1:
             vin = u.new_empty((batch, KD, n_chunks, N), dtype=torch.float32)
             dsums = u.new_empty((batch, KD, n_chunks), dtype=torch.float32)
