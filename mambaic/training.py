@@ -9,6 +9,8 @@ lr_scheduler, epoch and loss, so that either side loads the other's.
 
 from __future__ import annotations
 
+import gc
+
 import math
 import random
 from dataclasses import dataclass
@@ -169,6 +171,7 @@ class GraphedForwardBackward:
         return self.terms
 
     def _capture(self, batch: torch.Tensor) -> None:
+        gc.collect()  # an eager autograd graph held only by a reference cycle would break the capture
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.batch = batch.clone()
         side = torch.cuda.Stream()
@@ -184,7 +187,8 @@ class GraphedForwardBackward:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
-                self.terms = self._pass(self.batch)
+                terms = self._pass(self.batch)
+            self.terms = {name: t.detach() for name, t in terms.items()}  # the captured autograd graph may go
         except RuntimeError as error:  # torch.AcceleratorError included
             if "legacy stream" not in str(error) and "StreamCapture" not in str(error):
                 raise

@@ -13,9 +13,20 @@ dim, L) tensor and no delta in memory.
     merge  rows acc += cols acc transposed back (tiled), then transposed channel-last: the output.
 
 Live (batch, dim, L) float32 maps besides u: cols and the two accumulators (plus both dbl, 2 (R +
-2N) / dim of a map each), then the rows accumulator and the output. The backward recomputes one
-direction at a time over the cuda selective scan, forward with tile states then backward
-(kernels/pytorch/ss2d_core.py: recomputed_grads).
+2N) / dim of a map each), then the rows accumulator and the output.
+
+The backward (mambaic::ss2d_core_bwd_cuda) runs one pair of directions at a time, cols (1, 3)
+then rows (0, 2), with no flip and no copy of B or C:
+
+    proj    x_proj of the pair on its sequence, as the forward; delta = dt_projs_weight[k] @ its
+            R rows, both directions (2, batch, dim, L)
+    states  the pair's scans again with delta read from memory, keeping the state entering every
+            tile of 512 steps (1/32 of a map per direction)
+    scan    one launch of the backward scan for both directions, k + 2 walking backwards: du of
+            both added into one zeroed map (two additions onto zero: deterministic), ddelta per
+            direction, dB and dC straight into the B and C rows of dproj (atomics)
+    rest    matmuls: dproj's R rows, dt_projs_weight, x_proj_weight and the sequence's share of
+            du; cols' du transposed back onto the map
 """
 
 from __future__ import annotations
@@ -58,7 +69,75 @@ def ss2d_core_fwd_cuda(
     return out.view(batch, H, W, D).to(dtype)
 
 
-register_fused_core(ss2d_core_fwd_cuda, lambda: _scan.selective_scan)
+@torch.library.custom_op("mambaic::ss2d_core_bwd_cuda", mutates_args=())
+def ss2d_core_bwd_cuda(
+    dout: torch.Tensor, u: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
+    dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor,
+) -> list[torch.Tensor]:
+    """The gradients of ss2d_core_fwd_cuda's six inputs for dout (batch, H, W, dim), each in its
+    input's dtype, computed in float32."""
+    f = torch.float32
+    batch, D, H, W = u.shape
+    L = H * W
+    R, N = dt_projs_weight.shape[2], A_logs.shape[1]
+    C = R + 2 * N
+    A = (-torch.exp(A_logs.to(f))).view(4, D, N)
+    skip, bias = Ds.to(f).view(4, D), dt_projs_bias.to(f).reshape(4, D)
+    w_x, w_dt = x_proj_weight.to(f), dt_projs_weight.to(f)
+    u32 = u.to(f).contiguous()
+    dy_rows = u32.new_empty((batch, D, H, W))  # dout in the maps' layout
+    _ext.transpose(dout.to(f).contiguous().view(batch, L, D), dy_rows.view(batch, D, L), False)
+    du = u32.new_empty((batch, D, H, W))
+    dw_x, dw_dt = torch.empty_like(w_x), torch.empty_like(w_dt)
+    dA, dD, dbias = torch.empty_like(A), torch.empty_like(skip), torch.empty_like(bias)
+    for first in (1, 0):  # cols (directions 1, 3), then rows (0, 2)
+        pair = [first, first + 2]
+        if first == 1:
+            seq, dy = u32.new_empty((batch, D, W, H)), u32.new_empty((batch, D, W, H))
+            _ext.transpose(u32.view(batch * D, H, W), seq.view(batch * D, W, H), False)
+            _ext.transpose(dy_rows.view(batch * D, H, W), dy.view(batch * D, W, H), False)
+            seq, dy = seq.view(batch, D, L), dy.view(batch, D, L)
+        else:
+            seq, dy = u32.view(batch, D, L), dy_rows.view(batch, D, L)
+        w_pair = w_x[first::2].reshape(2 * C, D)
+        proj = torch.matmul(w_pair, seq)  # (batch, 2 (R + 2N), L): direction k's rows at (k // 2) C
+        delta = seq.new_empty((2, batch, D, L))
+        for i, k in enumerate(pair):
+            torch.matmul(w_dt[k], proj[:, i * C : i * C + R], out=delta[i])
+        A_p, skip_p, bias_p = A[pair].contiguous(), skip[pair].contiguous(), bias[pair].contiguous()
+        states = _ext.ss2d_pair_states(seq, delta, proj, A_p, skip_p, bias_p, R)
+        dseq, ddelta, dproj, dA[pair], dD[pair], dbias[pair] = _ext.ss2d_pair_bwd(
+            seq, dy, delta, proj, A_p, skip_p, bias_p, states, R)
+        del states, delta
+        for i, k in enumerate(pair):
+            rank_rows = proj[:, i * C : i * C + R]
+            dproj[:, i * C : i * C + R] = torch.matmul(w_dt[k].t(), ddelta[i])
+            dw_dt[k] = torch.bmm(ddelta[i], rank_rows.transpose(1, 2)).sum(0)
+        del ddelta
+        dw_x[first::2] = torch.bmm(dproj, seq.transpose(1, 2)).sum(0).view(2, C, D)
+        dseq.baddbmm_(w_pair.t().expand(batch, D, 2 * C), dproj)
+        del dproj, proj
+        if first == 1:
+            _ext.transpose(dseq.view(batch * D, W, H), du.view(batch * D, H, W), False)
+        else:
+            du += dseq.view(batch, D, H, W)
+    dA_logs = (dA * A).reshape(A_logs.shape)  # A = -exp(A_logs)
+    grads = (du, dw_x, dw_dt, dbias.reshape(dt_projs_bias.shape), dA_logs, dD.reshape(Ds.shape))
+    inputs = (u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    return [g.to(t.dtype) for g, t in zip(grads, inputs)]
+
+
+@ss2d_core_bwd_cuda.register_fake
+def _(dout, u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
+    return [torch.empty_like(t) for t in (u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)]
+
+
+def _grads(inputs, needs_grad, dout):
+    grads = torch.ops.mambaic.ss2d_core_bwd_cuda(dout, *inputs)
+    return tuple(g if needs else None for g, needs in zip(grads, needs_grad))
+
+
+register_fused_core(ss2d_core_fwd_cuda, lambda: _scan.selective_scan, grads_of=_grads)
 
 
 def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):

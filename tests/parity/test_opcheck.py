@@ -65,12 +65,14 @@ def _compiled_samples():
         "selective_scan_fwd_cuda": lambda: (*scan, True),
         "selective_scan_bwd_cuda": scan_bwd,
         "ss2d_core_fwd_cuda": lambda: core,
+        "ss2d_core_bwd_cuda": lambda: (torch.randn(2, 5, 7, 6, **f), *(t.detach() for t in core)),
     }
 
 
 COMPILED_OPS = [pytest.param(name.rsplit("_", 1)[1], name, id=name)
                 for name in ("cross_scan_cpu", "cross_merge_cpu", "selective_scan_fwd_cpu", "ss2d_core_fwd_cpu",
-                             "selective_scan_fwd_cuda", "selective_scan_bwd_cuda", "ss2d_core_fwd_cuda")]
+                             "selective_scan_fwd_cuda", "selective_scan_bwd_cuda", "ss2d_core_fwd_cuda",
+                             "ss2d_core_bwd_cuda")]
 
 
 @pytest.mark.parametrize("backend, name", COMPILED_OPS)

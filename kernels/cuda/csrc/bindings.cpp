@@ -37,6 +37,13 @@ void launch_checked(const mambaic::ScanFwdParams& p) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+void bwd_launch_checked(const mambaic::ScanBwdParams& p) {
+  const char* why = mambaic::selective_scan_bwd_unsupported(p);
+  TORCH_CHECK(why[0] == '\0', "selective_scan backward (cuda): ", why);
+  mambaic::selective_scan_bwd_launch(p, at::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // The public op: u, delta (batch, KD, L); A (KD, N); B, C (batch, K, N, L); D, delta_bias (KD,).
 // With save_states, also the state entering every tile of 512 steps, (batch, KD, tiles, N), for the
 // backward; otherwise an empty tensor in its place.
@@ -97,20 +104,17 @@ std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor
   auto dA_part = u.new_empty({batch, channels, states});
   auto dD_part = u.new_empty({batch, channels}), dbias_part = u.new_empty({batch, channels});
   mambaic::ScanBwdParams p{};
-  p.u = u.data_ptr<float>(), p.delta = delta.data_ptr<float>(), p.A = A.data_ptr<float>();
-  p.B = B.data_ptr<float>(), p.C = C.data_ptr<float>();
-  p.D = optional_ptr(D, "D", channels), p.delta_bias = optional_ptr(delta_bias, "delta_bias", channels);
-  p.dy = dy.data_ptr<float>(), p.tile_states = tile_states.data_ptr<float>();
-  p.du = du.data_ptr<float>(), p.ddelta = ddelta.data_ptr<float>(), p.dB = dB.data_ptr<float>(), p.dC = dC.data_ptr<float>();
-  p.dA_part = dA_part.data_ptr<float>(), p.dD_part = dD_part.data_ptr<float>(), p.dbias_part = dbias_part.data_ptr<float>();
+  p.dir[0] = {u.data_ptr<float>(), delta.data_ptr<float>(), A.data_ptr<float>(), B.data_ptr<float>(),
+              C.data_ptr<float>(), optional_ptr(D, "D", channels), optional_ptr(delta_bias, "delta_bias", channels),
+              dy.data_ptr<float>(), tile_states.data_ptr<float>(), du.data_ptr<float>(), ddelta.data_ptr<float>(),
+              dB.data_ptr<float>(), dC.data_ptr<float>(), dA_part.data_ptr<float>(), dD_part.data_ptr<float>(),
+              dbias_part.data_ptr<float>(), false};
+  p.directions = 1;
   p.batch = batch, p.channels = channels, p.groups = groups, p.states = states, p.length = length;
   p.u_batch = u.stride(0), p.u_channel = u.stride(1);
   p.bc_batch = B.stride(0), p.bc_group = B.stride(1), p.bc_state = B.stride(2);
-  p.softplus = delta_softplus;
-  const char* why = mambaic::selective_scan_bwd_unsupported(p);
-  TORCH_CHECK(why[0] == '\0', "selective_scan backward (cuda): ", why);
-  mambaic::selective_scan_bwd_launch(p, at::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  p.softplus = delta_softplus, p.accumulate_du = false;
+  bwd_launch_checked(p);
   return {du, ddelta, dA_part.sum(0), dB, dC, dD_part.sum(0), dbias_part.sum(0)};
 }
 
@@ -158,6 +162,93 @@ void ss2d_fwd(const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& 
   launch_checked(p);
 }
 
+// The SS2D core's backward, one pair of directions at a time: k (forwards) and k + 2 (backwards)
+// over one sequence `seq` (batch, D, L) (rows for k = 0, cols for k = 1). delta (2, batch, D, L):
+// the pair's delta before bias and softplus, in seq's order; proj (batch, 2 (R + 2N), L): the
+// pair's x_proj rows as ss2d_fwd takes them; A (2, D, N), Ds and bias (2, D).
+struct PairArgs {
+  int64_t batch, channels, length, rank, states, width;
+};
+
+PairArgs check_pair(const at::Tensor& seq, const at::Tensor& delta, const at::Tensor& proj, const at::Tensor& A,
+                    const at::Tensor& Ds, const at::Tensor& bias, int64_t rank) {
+  for (auto [t, name] : {std::pair{&seq, "seq"}, {&delta, "delta"}, {&proj, "proj"}, {&A, "A"}, {&Ds, "Ds"},
+                         {&bias, "bias"}}) {
+    check_cuda_fp32(*t, name);
+    TORCH_CHECK(t->is_contiguous(), name, " must be contiguous");
+  }
+  const int64_t batch = seq.size(0), channels = seq.size(1), length = seq.size(2), states = A.size(2);
+  const PairArgs a{batch, channels, length, rank, states, 2 * (rank + 2 * states)};
+  check_shape(delta, "delta", {2, batch, channels, length});
+  check_shape(proj, "proj", {batch, a.width, length});
+  check_shape(A, "A", {2, channels, states});
+  check_shape(Ds, "Ds", {2, channels});
+  check_shape(bias, "bias", {2, channels});
+  return a;
+}
+
+// The states entering every tile of both directions' scans (2, batch, D, tiles, N): the forward
+// again, delta read from memory (its outputs land in a scratch tensor, unread).
+at::Tensor ss2d_pair_states(const at::Tensor& seq, const at::Tensor& delta, const at::Tensor& proj,
+                            const at::Tensor& A, const at::Tensor& Ds, const at::Tensor& bias, int64_t rank) {
+  const PairArgs a = check_pair(seq, delta, proj, A, Ds, bias, rank);
+  c10::cuda::CUDAGuard guard(seq.device());
+  auto tile_states = seq.new_empty({2, a.batch, a.channels, tiles_of(a.length), a.states});
+  auto scratch = at::empty_like(seq);
+  mambaic::ScanFwdParams p{};
+  for (int i = 0; i < 2; ++i) {
+    const float* B = proj.data_ptr<float>() + i * (a.width / 2) * a.length + a.rank * a.length;
+    p.dir[i] = {seq.data_ptr<float>(), delta[i].data_ptr<float>(), nullptr, nullptr, A[i].data_ptr<float>(), B,
+                B + a.states * a.length, Ds[i].data_ptr<float>(), bias[i].data_ptr<float>(),
+                scratch.data_ptr<float>(), i == 1, tile_states[i].data_ptr<float>()};
+  }
+  p.directions = 2;
+  p.batch = a.batch, p.channels = a.channels, p.groups = 1, p.states = a.states, p.length = a.length;
+  p.u_batch = seq.stride(0), p.u_channel = seq.stride(1);
+  p.bc_batch = proj.stride(0), p.bc_group = 0, p.bc_state = a.length;
+  p.y_batch = scratch.stride(0), p.y_channel = scratch.stride(1);
+  p.softplus = true, p.accumulate = true;  // both add into the scratch: no conflicting plain stores
+  launch_checked(p);
+  return tile_states;
+}
+
+// The pair's gradients from dy (batch, D, L) in seq's order and ss2d_pair_states' tile states:
+// dseq (both directions' du, added), ddelta (2, batch, D, L), dproj (batch, 2 (R + 2N), L) with
+// its B and C rows filled and its delta-rank rows zero (the caller's matmul), dA (2, D, N), dD
+// and dbias (2, D).
+std::vector<at::Tensor> ss2d_pair_bwd(const at::Tensor& seq, const at::Tensor& dy, const at::Tensor& delta,
+                                      const at::Tensor& proj, const at::Tensor& A, const at::Tensor& Ds,
+                                      const at::Tensor& bias, const at::Tensor& tile_states, int64_t rank) {
+  const PairArgs a = check_pair(seq, delta, proj, A, Ds, bias, rank);
+  for (auto [t, name] : {std::pair{&dy, "dy"}, {&tile_states, "tile_states"}}) {
+    check_cuda_fp32(*t, name);
+    TORCH_CHECK(t->is_contiguous(), name, " must be contiguous");
+  }
+  check_shape(dy, "dy", seq.sizes());
+  check_shape(tile_states, "tile_states", {2, a.batch, a.channels, tiles_of(a.length), a.states});
+  c10::cuda::CUDAGuard guard(seq.device());
+  auto dseq = at::zeros_like(seq), ddelta = at::empty_like(delta), dproj = at::zeros_like(proj);
+  auto dA_part = seq.new_empty({2, a.batch, a.channels, a.states});
+  auto dD_part = seq.new_empty({2, a.batch, a.channels}), dbias_part = seq.new_empty({2, a.batch, a.channels});
+  mambaic::ScanBwdParams p{};
+  for (int i = 0; i < 2; ++i) {
+    const int64_t b_row = i * (a.width / 2) * a.length + a.rank * a.length, c_row = b_row + a.states * a.length;
+    p.dir[i] = {seq.data_ptr<float>(), delta[i].data_ptr<float>(), A[i].data_ptr<float>(),
+                proj.data_ptr<float>() + b_row, proj.data_ptr<float>() + c_row, Ds[i].data_ptr<float>(),
+                bias[i].data_ptr<float>(), dy.data_ptr<float>(), tile_states[i].data_ptr<float>(),
+                dseq.data_ptr<float>(), ddelta[i].data_ptr<float>(), dproj.data_ptr<float>() + b_row,
+                dproj.data_ptr<float>() + c_row, dA_part[i].data_ptr<float>(), dD_part[i].data_ptr<float>(),
+                dbias_part[i].data_ptr<float>(), i == 1};
+  }
+  p.directions = 2;
+  p.batch = a.batch, p.channels = a.channels, p.groups = 1, p.states = a.states, p.length = a.length;
+  p.u_batch = seq.stride(0), p.u_channel = seq.stride(1);
+  p.bc_batch = proj.stride(0), p.bc_group = 0, p.bc_state = a.length;
+  p.softplus = true, p.accumulate_du = true;
+  bwd_launch_checked(p);
+  return {dseq, ddelta, dproj, dA_part.sum(1), dD_part.sum(1), dbias_part.sum(1)};
+}
+
 // out (batch, cols, rows) = in (batch, rows, cols) transposed, or += when accumulate.
 void transpose(const at::Tensor& in, at::Tensor& out, bool accumulate) {
   check_cuda_fp32(in, "in");
@@ -179,6 +270,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_scan_fwd", &selective_scan_fwd, "forward selective scan (float32), with the tile states if asked");
   m.def("selective_scan_bwd", &selective_scan_bwd, "backward selective scan (float32) from the tile states");
   m.def("ss2d_fwd", &ss2d_fwd, "the four scans of the fused SS2D core into two accumulators");
+  m.def("ss2d_pair_states", &ss2d_pair_states, "tile states of a pair of SS2D directions (k, k + 2)");
+  m.def("ss2d_pair_bwd", &ss2d_pair_bwd, "backward of a pair of SS2D directions (k, k + 2) from their tile states");
   m.def("transpose", &transpose, "batched transpose, optionally accumulating");
   m.attr("scan_tile") = mambaic::kScanTile;  // the fake kernels' tile_states shape
 }

@@ -44,18 +44,26 @@ struct ScanFwdParams {
 const char* selective_scan_fwd_unsupported(const ScanFwdParams& p);
 void selective_scan_fwd_launch(const ScanFwdParams& p, cudaStream_t stream);
 
-// The backward of the public op (one direction, delta read from memory, contiguous rows): the
-// gradients of every input from dy and the forward's tile states.
-struct ScanBwdParams {
+// The backward of one scan direction from dy and the forward's tile states: the gradients of every
+// input. The public op has one direction; the fused SS2D core's backward launches a pair (k and
+// k + 2: one sequence, k + 2 walking it backwards, their du added into one zeroed tensor).
+struct ScanBwdDirection {
   const float *u, *delta, *A, *B, *C, *D, *delta_bias;  // as ScanDirection (D, delta_bias may be null)
   const float *dy, *tile_states;                         // dy like u; tile_states as ScanDirection's
-  float *du, *ddelta;                                    // like u, written
+  float *du, *ddelta;                                    // like u, written (du added to with `accumulate_du`)
   float *dB, *dC;                                        // like B, zeroed by the caller, added to atomically
   float *dA_part, *dD_part, *dbias_part;                 // (batch, channels, states), (batch, channels) x 2:
                                                          // written per image, summed by the caller
+  bool reverse;                                          // as ScanDirection's
+};
+
+struct ScanBwdParams {
+  ScanBwdDirection dir[kMaxDirections];
+  int directions;  // blocks [d * channels / warps, (d + 1) * channels / warps) run dir[d]
   int batch, channels, groups, states, length;
-  int64_t u_batch, u_channel, bc_batch, bc_group, bc_state;  // du, ddelta and dy share u's strides
+  int64_t u_batch, u_channel, bc_batch, bc_group, bc_state;  // delta, dy, du and ddelta share u's strides
   bool softplus;
+  bool accumulate_du;  // du += with atomics (exactly two directions per element onto zeros: bit-reproducible)
 };
 
 const char* selective_scan_bwd_unsupported(const ScanBwdParams& p);

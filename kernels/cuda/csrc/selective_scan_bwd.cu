@@ -22,6 +22,10 @@
 // would be compare-and-swap loops on sm_90: 6x slower in a first version.) dA, dD and the bias
 // gradient are summed per channel in a fixed order and written per image. The backward is not
 // bit-reproducible (dB and dC are sums of atomics); the forward is.
+//
+// Reversed directions (the fused SS2D core's k + 2) mirror the forward's: the walk runs from the
+// first tile to the last, lane l owns the segment 31 - l and each pass takes its steps in the
+// opposite memory order; registers, shared rows and stores keep their memory positions.
 
 #include "scan_common.cuh"
 #include "selective_scan.h"
@@ -47,9 +51,20 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-template <int kWarps, bool kVec>
-__global__ void __launch_bounds__(kWarps * kLanes, 1) selective_scan_bwd_kernel(const ScanBwdParams p) {
-  extern __shared__ float4 smem[];
+// Step i of a lane's 16 at position `pos` of a walk over them in time order (`forward`) or against
+// it; 4-step chunk j = i / 4 and element i % 4 give the 16-byte shared-memory reads.
+template <bool kReverse>
+__device__ __forceinline__ constexpr int chunk_at(int pos, bool forward) {
+  return (forward != kReverse) ? pos : kSteps / 4 - 1 - pos;
+}
+template <bool kReverse>
+__device__ __forceinline__ constexpr int elem_at(int pos, bool forward) {
+  return (forward != kReverse) ? pos : 3 - pos;
+}
+
+template <int kWarps, bool kVec, bool kReverse>
+__device__ __forceinline__ void scan_channel_bwd(const ScanBwdParams& p, const ScanBwdDirection& q, float4* smem,
+                                                 int channel) {
   float4* sB = smem;
   float4* sC = smem + kStates * kRow;
   float* terms = reinterpret_cast<float*>(smem + 2 * kStates * kRow);  // [2 buffers][kWarps][dB, dC][kAccRow]
@@ -60,29 +75,30 @@ __global__ void __launch_bounds__(kWarps * kLanes, 1) selective_scan_bwd_kernel(
   float* dA_lane = g_carry + kStates;                         // [kStates][kLanes]
 
   const int L = p.length, b = blockIdx.z;
-  const int channel = blockIdx.x * kWarps + warp;
   const int group = channel / (p.channels / p.groups);
   const int64_t row = b * p.u_batch + channel * p.u_channel;
-  const float *u = p.u + row, *delta = p.delta + row, *dy = p.dy + row;
-  float *du = p.du + row, *ddelta = p.ddelta + row;
+  const float *u = q.u + row, *delta = q.delta + row, *dy = q.dy + row;
+  float *du = q.du + row, *ddelta = q.ddelta + row;
   const int64_t bc = b * p.bc_batch + group * p.bc_group;
-  const float *B = p.B + bc, *C = p.C + bc;
-  float *dB = p.dB + bc, *dC = p.dC + bc;
+  const float *B = q.B + bc, *C = q.C + bc;
+  float *dB = q.dB + bc, *dC = q.dC + bc;
   const int tiles = (L + kTile - 1) / kTile;
-  const float* entering = p.tile_states + (int64_t(b) * p.channels + channel) * tiles * p.states;
+  const float* entering = q.tile_states + (int64_t(b) * p.channels + channel) * tiles * p.states;
+  const int seg = kReverse ? kLanes - 1 - lane : lane;  // the lane's 16 steps in memory
 
   if (lane < kStates) {
-    const float a = lane < p.states ? p.A[channel * p.states + lane] : 0.f;
+    const float a = lane < p.states ? q.A[channel * p.states + lane] : 0.f;
     A_n[lane] = a, A2_n[lane] = a * kLog2e, g_carry[lane] = 0.f;
   }
   for (int i = lane; i < kStates * kLanes; i += kLanes) dA_lane[i] = 0.f;
   __syncwarp();
-  const float skip = p.D ? p.D[channel] : 0.f;
-  const float bias = p.delta_bias ? p.delta_bias[channel] : 0.f;
+  const float skip = q.D ? q.D[channel] : 0.f;
+  const float bias = q.delta_bias ? q.delta_bias[channel] : 0.f;
   float dskip = 0.f, dbias = 0.f;
 
-  for (int tile = tiles - 1; tile >= 0; --tile) {
-    const int t0 = tile * kTile, ts = t0 + lane * kSteps;
+  for (int it = tiles - 1; it >= 0; --it) {  // the walk's tiles, its last first
+    const int tile = kReverse ? tiles - 1 - it : it;
+    const int t0 = tile * kTile, ts = t0 + seg * kSteps;
     float dt[kSteps], dtu[kSteps], gy[kSteps];
     load_steps<kVec>(delta, ts, L, dt);
     load_steps<kVec>(u, ts, L, dtu);
@@ -114,12 +130,13 @@ __global__ void __launch_bounds__(kWarps * kLanes, 1) selective_scan_bwd_kernel(
       // pass 1: the lane's end state from zero
       float h = 0.f;
 #pragma unroll
-      for (int j = 0; j < kSteps / 4; ++j) {
-        const float4 q4 = Bq[padded(lane * (kSteps / 4) + j)];
+      for (int jj = 0; jj < kSteps / 4; ++jj) {
+        const int j = chunk_at<kReverse>(jj, true);
+        const float4 q4 = Bq[padded(seg * (kSteps / 4) + j)];
         const float bq[4] = {q4.x, q4.y, q4.z, q4.w};
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const int i = 4 * j + k;
+        for (int kk = 0; kk < 4; ++kk) {
+          const int k = elem_at<kReverse>(kk, true), i = 4 * j + k;
           a[i] = ex2(dt[i] * A2n);
           h = fmaf(a[i], h, dtu[i] * bq[k]);
         }
@@ -138,12 +155,13 @@ __global__ void __launch_bounds__(kWarps * kLanes, 1) selective_scan_bwd_kernel(
       // pass 2: m_t = a_t h_{t-1}
       h = start;
 #pragma unroll
-      for (int j = 0; j < kSteps / 4; ++j) {
-        const float4 q4 = Bq[padded(lane * (kSteps / 4) + j)];
+      for (int jj = 0; jj < kSteps / 4; ++jj) {
+        const int j = chunk_at<kReverse>(jj, true);
+        const float4 q4 = Bq[padded(seg * (kSteps / 4) + j)];
         const float bq[4] = {q4.x, q4.y, q4.z, q4.w};
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const int i = 4 * j + k;
+        for (int kk = 0; kk < 4; ++kk) {
+          const int k = elem_at<kReverse>(kk, true), i = 4 * j + k;
           m[i] = a[i] * h;
           h = fmaf(dtu[i], bq[k], m[i]);
         }
@@ -152,12 +170,13 @@ __global__ void __launch_bounds__(kWarps * kLanes, 1) selective_scan_bwd_kernel(
       // pass 3: what the lane hands back, a_s g_s at its first step s, from a zero adjoint after it
       float r = 0.f;
 #pragma unroll
-      for (int j = kSteps / 4 - 1; j >= 0; --j) {
-        const float4 q4 = Cq[padded(lane * (kSteps / 4) + j)];
+      for (int jj = 0; jj < kSteps / 4; ++jj) {
+        const int j = chunk_at<kReverse>(jj, false);
+        const float4 q4 = Cq[padded(seg * (kSteps / 4) + j)];
         const float cq[4] = {q4.x, q4.y, q4.z, q4.w};
 #pragma unroll
-        for (int k = 3; k >= 0; --k) {
-          const int i = 4 * j + k;
+        for (int kk = 0; kk < 4; ++kk) {
+          const int k = elem_at<kReverse>(kk, false), i = 4 * j + k;
           r = a[i] * fmaf(cq[k], gy[i], r);
         }
       }
@@ -169,26 +188,27 @@ __global__ void __launch_bounds__(kWarps * kLanes, 1) selective_scan_bwd_kernel(
       }
       const float g_in = g_carry[n];
       const float handed = fmaf(P, g_in, e);  // a_s g_s with everything after the lane
-      float q = __shfl_down_sync(kFull, handed, 1);
-      if (lane == kLanes - 1) q = g_in;
+      float g_next = __shfl_down_sync(kFull, handed, 1);  // a g entering the lane's last step
+      if (lane == kLanes - 1) g_next = g_in;
       const float g_out = __shfl_sync(kFull, handed, 0);
       __syncwarp();
       if (lane == 0) g_carry[n] = g_out;  // what the previous tile's last step receives
 
       // pass 4: the exact adjoint and every gradient term
       float* const buffer = terms + (n & 1) * kWarps * 2 * kAccRow;
-      float* dB_row = buffer + warp * 2 * kAccRow + lane * kLaneStride;
+      float* dB_row = buffer + warp * 2 * kAccRow + seg * kLaneStride;
       float* dC_row = dB_row + kAccRow;
       float dA = 0.f;
-      r = q;
+      r = g_next;
 #pragma unroll
-      for (int j = kSteps / 4 - 1; j >= 0; --j) {
-        const float4 b4 = Bq[padded(lane * (kSteps / 4) + j)];
-        const float4 c4 = Cq[padded(lane * (kSteps / 4) + j)];
+      for (int jj = 0; jj < kSteps / 4; ++jj) {
+        const int j = chunk_at<kReverse>(jj, false);
+        const float4 b4 = Bq[padded(seg * (kSteps / 4) + j)];
+        const float4 c4 = Cq[padded(seg * (kSteps / 4) + j)];
         const float bq[4] = {b4.x, b4.y, b4.z, b4.w}, cq[4] = {c4.x, c4.y, c4.z, c4.w};
 #pragma unroll
-        for (int k = 3; k >= 0; --k) {
-          const int i = 4 * j + k;
+        for (int kk = 0; kk < 4; ++kk) {
+          const int k = elem_at<kReverse>(kk, false), i = 4 * j + k;
           const float g = fmaf(cq[k], gy[i], r);
           const float gm = g * m[i];
           s[i] = fmaf(g, bq[k], s[i]);
@@ -234,27 +254,40 @@ __global__ void __launch_bounds__(kWarps * kLanes, 1) selective_scan_bwd_kernel(
       s[i] = fmaf(dt[i], s[i], skip * gy[i]);  // du
       w[i] = ddt;
     }
-    store_steps<kVec>(du, ts, L, s, false);
+    store_steps<kVec>(du, ts, L, s, p.accumulate_du);
     store_steps<kVec>(ddelta, ts, L, w, false);
-
   }
 
   const int64_t part = int64_t(b) * p.channels + channel;
   for (int n = 0; n < p.states; ++n) {
     const float v = warp_sum(dA_lane[n * kLanes + lane]);
-    if (lane == 0) p.dA_part[part * p.states + n] = v;
+    if (lane == 0) q.dA_part[part * p.states + n] = v;
   }
   dskip = warp_sum(dskip), dbias = warp_sum(dbias);
-  if (lane == 0) p.dD_part[part] = dskip, p.dbias_part[part] = dbias;
+  if (lane == 0) q.dD_part[part] = dskip, q.dbias_part[part] = dbias;
+}
+
+template <int kWarps, bool kVec>
+__global__ void __launch_bounds__(kWarps * kLanes, 1) selective_scan_bwd_kernel(const ScanBwdParams p) {
+  extern __shared__ float4 smem[];
+  const int blocks_per_direction = p.channels / kWarps;
+  const int d = blockIdx.x / blocks_per_direction;
+  const int channel = (blockIdx.x % blocks_per_direction) * kWarps + threadIdx.x / kLanes;
+  const ScanBwdDirection& q = d == 0 ? p.dir[0] : d == 1 ? p.dir[1] : d == 2 ? p.dir[2] : p.dir[3];
+  if (q.reverse) scan_channel_bwd<kWarps, kVec, true>(p, q, smem, channel);
+  else scan_channel_bwd<kWarps, kVec, false>(p, q, smem, channel);
 }
 
 bool vectorizable(const ScanBwdParams& p) {
   if (p.length % 4 || p.u_batch % 4 || p.u_channel % 4 || p.bc_batch % 4 || p.bc_group % 4 || p.bc_state % 4)
     return false;
-  for (const void* ptr : {static_cast<const void*>(p.u), static_cast<const void*>(p.delta), static_cast<const void*>(p.dy),
-                          static_cast<const void*>(p.B), static_cast<const void*>(p.C), static_cast<const void*>(p.du),
-                          static_cast<const void*>(p.ddelta), static_cast<const void*>(p.dB), static_cast<const void*>(p.dC)})
-    if (!aligned(ptr)) return false;
+  for (int d = 0; d < p.directions; ++d) {
+    const ScanBwdDirection& q = p.dir[d];
+    for (const void* ptr : {static_cast<const void*>(q.u), static_cast<const void*>(q.delta), static_cast<const void*>(q.dy),
+                            static_cast<const void*>(q.B), static_cast<const void*>(q.C), static_cast<const void*>(q.du),
+                            static_cast<const void*>(q.ddelta), static_cast<const void*>(q.dB), static_cast<const void*>(q.dC)})
+      if (!aligned(ptr)) return false;
+  }
   return true;
 }
 
@@ -263,7 +296,7 @@ void launch(const ScanBwdParams& p, cudaStream_t stream) {
   auto kernel = selective_scan_bwd_kernel<kWarps, kVec>;
   const size_t bytes = bwd_smem_bytes<kWarps>();
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-  const dim3 grid(p.channels / kWarps, 1, p.batch);
+  const dim3 grid(p.directions * (p.channels / kWarps), 1, p.batch);
   kernel<<<grid, kWarps * kLanes, bytes, stream>>>(p);
 }
 
@@ -271,7 +304,9 @@ void launch(const ScanBwdParams& p, cudaStream_t stream) {
 
 const char* selective_scan_bwd_unsupported(const ScanBwdParams& p) {
   if (const char* why = scan_shape_unsupported(p.states, p.channels, p.groups, p.batch)) return why;
-  if (p.tile_states == nullptr) return "the backward needs the forward's tile states";
+  if (p.directions < 1 || p.directions > kMaxDirections) return "one to four directions per launch";
+  for (int d = 0; d < p.directions; ++d)
+    if (p.dir[d].tile_states == nullptr) return "the backward needs the forward's tile states";
   return "";
 }
 
