@@ -91,7 +91,7 @@ def ss2d_core_bwd_cuda(
     dw_x, dw_dt = torch.empty_like(w_x), torch.empty_like(w_dt)
     dA, dD, dbias = torch.empty_like(A), torch.empty_like(skip), torch.empty_like(bias)
     for first in (1, 0):  # cols (directions 1, 3), then rows (0, 2)
-        pair = [first, first + 2]
+        pair = slice(first, None, 2)  # directions first and first + 2 (a slice: no index tensor to copy)
         if first == 1:
             seq, dy = u32.new_empty((batch, D, W, H)), u32.new_empty((batch, D, W, H))
             _ext.transpose(u32.view(batch * D, H, W), seq.view(batch * D, W, H), False)
@@ -102,14 +102,14 @@ def ss2d_core_bwd_cuda(
         w_pair = w_x[first::2].reshape(2 * C, D)
         proj = torch.matmul(w_pair, seq)  # (batch, 2 (R + 2N), L): direction k's rows at (k // 2) C
         delta = seq.new_empty((2, batch, D, L))
-        for i, k in enumerate(pair):
+        for i, k in enumerate((first, first + 2)):
             torch.matmul(w_dt[k], proj[:, i * C : i * C + R], out=delta[i])
         A_p, skip_p, bias_p = A[pair].contiguous(), skip[pair].contiguous(), bias[pair].contiguous()
         states = _ext.ss2d_pair_states(seq, delta, proj, A_p, skip_p, bias_p, R)
         dseq, ddelta, dproj, dA[pair], dD[pair], dbias[pair] = _ext.ss2d_pair_bwd(
             seq, dy, delta, proj, A_p, skip_p, bias_p, states, R)
         del states, delta
-        for i, k in enumerate(pair):
+        for i, k in enumerate((first, first + 2)):
             rank_rows = proj[:, i * C : i * C + R]
             dproj[:, i * C : i * C + R] = torch.matmul(w_dt[k].t(), ddelta[i])
             dw_dt[k] = torch.bmm(ddelta[i], rank_rows.transpose(1, 2)).sum(0)
