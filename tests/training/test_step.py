@@ -54,33 +54,41 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GP
 @pytest.mark.parametrize("backend", ["auto", "triton"])
 def test_graphed_forward_backward_equals_eager(backend):
     """In eval mode (rounding, no stochastic depth: one possible outcome) the replayed loss equals
-    eager's bit for bit and the gradients agree to the scan backward's atomics, on the captured
-    batch and on a new one; the gradients are the graph's own tensors, rewritten each replay."""
+    eager's bit for bit, on the captured batch and on a new one, and the gradients agree with
+    eager's as closely as two eager backward passes agree with each other (the scan backward's dB
+    and dC are sums of float atomics, in no fixed order); the gradients are the graph's own
+    tensors, rewritten each replay."""
     import mambaic_kernels as mk
 
     torch.backends.cudnn.deterministic = True
     try:
         model = mambaic.random_model(0, N=8, M=20, depths=(1, 1, 1, 1), z_channels=8).cuda().eval()
-        criterion, autocast = T.RateDistortionLoss(0.01), T.autocast_for("fp32", "cuda")
+        criterion = T.RateDistortionLoss(0.01)
         graphed = T.GraphedForwardBackward(model, criterion, T.autocast_for("fp32", "cuda", True))
-        params = [p for p in model.parameters() if p.requires_grad]
+        names, params = zip(*((n, p) for n, p in model.named_parameters() if p.requires_grad))
+
+        def eager_pass(x):
+            for p in params:
+                p.grad = None
+            terms = criterion(model(x), x)
+            terms["loss"].backward()  # the autograd graph goes with `terms` (a capture needs it gone)
+            return terms["loss"].detach(), [None if p.grad is None else p.grad.clone() for p in params]
+
         with mk.use_backend(backend):
             for seed in (1, 2):
                 x = _batch(seed, (2, 3, 128, 256)).cuda()
-                for p in params:
-                    p.grad = None
-                want = criterion(model(x), x)
-                want["loss"].backward()
-                want_loss = want.pop("loss").detach()
-                del want  # the eager autograd graph must be gone before a capture (see _capture)
-                want_grads = [None if p.grad is None else p.grad.clone() for p in params]
+                want_loss, want = eager_pass(x)
+                _, again = eager_pass(x)
                 got = graphed(x)
                 torch.testing.assert_close(got["loss"], want_loss, rtol=0, atol=0)
-                for p, g in zip(params, want_grads):
+                for name, p, g, g2 in zip(names, params, want, again):
                     if g is None:
-                        assert p.grad is None
-                    else:
-                        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+                        assert p.grad is None, name
+                        continue
+                    noise = (g - g2).norm().item()  # eager against eager
+                    off = (p.grad - g).norm().item()
+                    assert off <= max(1e-5 * g.norm().item(), 4 * noise), (
+                        f"{name}: |graphed - eager| = {off:.3g}, |eager - eager| = {noise:.3g}, |eager| = {g.norm():.3g}")
                 grads = [p.grad for p in params]
             graphed(_batch(3, (2, 3, 128, 256)).cuda())
             assert all(a is b for a, b in zip(grads, (p.grad for p in params)))  # rewritten in place
