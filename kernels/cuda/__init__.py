@@ -7,7 +7,8 @@ kernels yet: ``auto`` takes them from the next backend, and an explicit ``cuda``
 is an error that says so.
 
 Both ops have CUDA backward passes: the selective scan's from the tile states its forward saves,
-the SS2D core's by recomputing one direction at a time over that scan.
+the SS2D core's a pair of directions at a time (ss2d_core.py: the pair's scans again for their tile
+states, then one launch of the backward scan for both).
 """
 
 from __future__ import annotations
