@@ -39,6 +39,16 @@ from . import _ext
 from . import selective_scan as _scan
 
 
+def _weights32(x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
+    """The SS2D weights as the kernels take them, float32: x_proj (4, R + 2N, D), dt_proj (4, D, R),
+    A = -exp(A_logs) (4, D, N), skip D and delta bias (4, D); with R and N."""
+    f = torch.float32
+    D, R, N = dt_projs_weight.shape[1], dt_projs_weight.shape[2], A_logs.shape[1]
+    A = (-torch.exp(A_logs.to(f))).view(4, D, N)
+    skip, bias = Ds.to(f).view(4, D), dt_projs_bias.to(f).reshape(4, D)
+    return x_proj_weight.to(f), dt_projs_weight.to(f), A, skip, bias, R, N
+
+
 @torch.library.custom_op("mambaic::ss2d_core_fwd_cuda", mutates_args=())
 def ss2d_core_fwd_cuda(
     u: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor, dt_projs_bias: torch.Tensor,
@@ -48,11 +58,8 @@ def ss2d_core_fwd_cuda(
     f, dtype = torch.float32, u.dtype
     batch, D, H, W = u.shape
     L = H * W
-    R, N = dt_projs_weight.shape[2], A_logs.shape[1]
+    w_x, w_dt, A, skip, bias, R, N = _weights32(x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
     C = R + 2 * N
-    A = (-torch.exp(A_logs.to(f))).view(4, D, N)
-    skip, bias = Ds.to(f).view(4, D), dt_projs_bias.to(f).reshape(4, D)
-    w_x, w_dt = x_proj_weight.to(f), dt_projs_weight.to(f)
     u = u.to(f).contiguous()
     cols = u.new_empty((batch, D, W, H))
     _ext.transpose(u.view(batch * D, H, W), cols.view(batch * D, W, H), False)
@@ -79,11 +86,8 @@ def ss2d_core_bwd_cuda(
     f = torch.float32
     batch, D, H, W = u.shape
     L = H * W
-    R, N = dt_projs_weight.shape[2], A_logs.shape[1]
+    w_x, w_dt, A, skip, bias, R, N = _weights32(x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
     C = R + 2 * N
-    A = (-torch.exp(A_logs.to(f))).view(4, D, N)
-    skip, bias = Ds.to(f).view(4, D), dt_projs_bias.to(f).reshape(4, D)
-    w_x, w_dt = x_proj_weight.to(f), dt_projs_weight.to(f)
     u32 = u.to(f).contiguous()
     dy_rows = u32.new_empty((batch, D, H, W))  # dout in the maps' layout
     _ext.transpose(dout.to(f).contiguous().view(batch, L, D), dy_rows.view(batch, D, L), False)
