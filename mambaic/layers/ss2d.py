@@ -31,6 +31,8 @@ import mambaic_kernels as mk
 from mambaic_kernels._context import ContextSetting
 from mambaic_kernels.reference.ss2d_core import compose
 
+from .gated_output import gated_output
+
 # Set by legacy_core(): SS2D cores run the public cross_scan, selective_scan and cross_merge ops
 # in sequence, as mambaic 0.1 did, whose arithmetic version 1 .mic files were encoded with.
 _LEGACY_CORE = ContextSetting("mambaic_legacy_core", False)
@@ -134,19 +136,29 @@ class SS2D(nn.Module):
         if renorm:
             del x_t, h  # recomputed for z below
         u = F.silu(self.conv2d(u), inplace=inplace)  # (batch, d_inner, H, W)
-        y = self.core(u)  # (batch, H, W, d_inner)
+        y = self.scan(u)  # (batch, H, W, d_inner)
         del u
+        fused_tail = not inplace and not torch.is_autocast_enabled(y.device.type)
+        if not fused_tail:  # before z exists: without autograd, the peak holds one map less
+            y = self.out_norm(y)
         if renorm:
             h = norm(x)
-        z = F.silu(F.linear(h, w_z), inplace=inplace)  # (batch, H, W, d_inner)
+        zp = F.linear(h, w_z)  # (batch, H, W, d_inner)
+        if fused_tail:  # training: the same calls in one function that keeps y and zp only
+            return gated_output(y, zp, self.out_norm, self.out_proj)
+        z = F.silu(zp, inplace=inplace)
         return self.out_proj(y.mul_(z) if inplace else y * z)
 
     def core(self, u: torch.Tensor) -> torch.Tensor:
         """The 2D selective scan: (batch, d_inner, H, W) -> out_norm'ed (batch, H, W, d_inner)."""
+        return self.out_norm(self.scan(u))
+
+    def scan(self, u: torch.Tensor) -> torch.Tensor:
+        """The 2D selective scan: (batch, d_inner, H, W) -> (batch, H, W, d_inner), before out_norm."""
         args = (u.contiguous(), self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds)
         if _LEGACY_CORE.get():
             y = compose(*args, cross_scan=_public_cross_scan, selective_scan=_public_selective_scan,
                         cross_merge=_public_cross_merge)  # fmt: skip
         else:
             y = mk.ss2d_core(*args)
-        return self.out_norm(y)
+        return y
