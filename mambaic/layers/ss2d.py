@@ -31,7 +31,7 @@ import mambaic_kernels as mk
 from mambaic_kernels._context import ContextSetting
 from mambaic_kernels.reference.ss2d_core import compose
 
-from .gated_output import gated_output
+from .ss2d_autograd import conv_silu, gated_output
 
 # Set by legacy_core(): SS2D cores run the public cross_scan, selective_scan and cross_merge ops
 # in sequence, as mambaic 0.1 did, whose arithmetic version 1 .mic files were encoded with.
@@ -135,17 +135,21 @@ class SS2D(nn.Module):
         renorm = inplace and norm is not None
         if renorm:
             del x_t, h  # recomputed for z below
-        u = F.silu(self.conv2d(u), inplace=inplace)  # (batch, d_inner, H, W)
+        # training without autocast: the same calls as functions that keep fewer maps (ss2d_autograd.py)
+        lean = not inplace and not torch.is_autocast_enabled(u.device.type)
+        if lean:
+            u = conv_silu(u, self.conv2d)  # keeps the conv's input only
+        else:
+            u = F.silu(self.conv2d(u), inplace=inplace)  # (batch, d_inner, H, W)
         y = self.scan(u)  # (batch, H, W, d_inner)
         del u
-        fused_tail = not inplace and not torch.is_autocast_enabled(y.device.type)
-        if not fused_tail:  # before z exists: without autograd, the peak holds one map less
+        if not lean:  # before z exists: without autograd, the peak holds one map less
             y = self.out_norm(y)
         if renorm:
             h = norm(x)
         zp = F.linear(h, w_z)  # (batch, H, W, d_inner)
-        if fused_tail:  # training: the same calls in one function that keeps y and zp only
-            return gated_output(y, zp, self.out_norm, self.out_proj)
+        if lean:
+            return gated_output(y, zp, self.out_norm, self.out_proj)  # keeps y and zp only
         z = F.silu(zp, inplace=inplace)
         return self.out_proj(y.mul_(z) if inplace else y * z)
 

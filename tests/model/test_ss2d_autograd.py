@@ -1,11 +1,11 @@
-"""SS2D's tail as one autograd function (mambaic/layers/gated_output.py): the plain modules' output
-bit for bit, their gradients, and two maps kept for the backward instead of five."""
+"""SS2D's steps as autograd functions that keep fewer maps (mambaic/layers/ss2d_autograd.py): the
+plain modules' outputs bit for bit, their gradients, and the maps kept for the backward."""
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambaic.layers.gated_output import GatedOutput, gated_output
+from mambaic.layers.ss2d_autograd import ConvSilu, GatedOutput, conv_silu, gated_output
 from mambaic.layers import ss2d
 from mambaic.layers.ss2d import SS2D
 
@@ -60,17 +60,46 @@ def test_keeps_two_maps_instead_of_five():
     assert _saved_maps(lambda: gated_output(y, zp, norm, proj), y) == 2
 
 
-def test_ss2d_takes_it_under_autograd_only_and_agrees_with_the_plain_tail(monkeypatch):
+def _conv(channels=6, seed=0):
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=True)
+    return conv, torch.randn(2, channels, 5, 7, requires_grad=True)
+
+
+def test_conv_silu_gradcheck():
+    conv, u0 = _conv()
+    conv, u0 = conv.double(), u0.detach().double().requires_grad_()
+    fn = lambda u, w, b: ConvSilu.apply(u, w, b, 1, conv.groups)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (u0, conv.weight, conv.bias))
+
+
+def test_conv_silu_is_the_plain_calls_and_keeps_one_map_instead_of_two():
+    conv, u0 = _conv()
+    plain, lean = F.silu(conv(u0)), conv_silu(u0, conv)
+    assert torch.equal(plain, lean)
+    dout = torch.randn_like(plain)
+    leaves = [u0, conv.weight, conv.bias]
+    for g, w in zip(torch.autograd.grad(lean, leaves, dout), torch.autograd.grad(plain, leaves, dout)):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    assert _saved_maps(lambda: F.silu(conv(u0)), u0) == 2
+    assert _saved_maps(lambda: conv_silu(u0, conv), u0) == 1
+    (g_u0,) = torch.autograd.grad(conv_silu(u0, conv), [u0], dout)  # the parameters' gradients not asked for
+    torch.testing.assert_close(g_u0, torch.autograd.grad(F.silu(conv(u0)), [u0], dout)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_ss2d_takes_them_under_autograd_only_and_agrees_with_the_plain_calls(monkeypatch):
     torch.manual_seed(0)
     layer = SS2D(d_model=8, d_state=4, ssm_ratio=2.0)
     x = torch.randn(2, 5, 6, 8, requires_grad=True)
     with torch.no_grad():
         without_grad = layer(x)
     taken = []
-    monkeypatch.setattr(ss2d, "gated_output", lambda *a: taken.append(1) or gated_output(*a))
+    monkeypatch.setattr(ss2d, "gated_output", lambda *a: taken.append("tail") or gated_output(*a))
+    monkeypatch.setattr(ss2d, "conv_silu", lambda *a: taken.append("conv") or conv_silu(*a))
     out = layer(x)
-    assert taken and torch.equal(out, without_grad)  # the fused tail and the in-place inference path: same bits
+    assert taken == ["conv", "tail"] and torch.equal(out, without_grad)  # and the in-place inference path: same bits
     monkeypatch.setattr(ss2d, "gated_output", lambda y, zp, norm, proj: proj(norm(y) * F.silu(zp)))
+    monkeypatch.setattr(ss2d, "conv_silu", lambda u0, conv: F.silu(conv(u0)))
     plain = layer(x)
     dout = torch.randn_like(out)
     params = [x, *layer.parameters()]
