@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable from a checkout
 
 from bench.latency import in_precision  # noqa: E402
+from bench.models import CONFIG_HELP, random_model  # noqa: E402
 from bench.timing import git_commit  # noqa: E402
 from mambaic.cli.eval import psnr  # noqa: E402
 
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", help="weights to use (default: random, seed 0)")
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS[1:], default=list(PRECISIONS[1:]))
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--config", help="N,M,d0,d1,d2,d3 for a smaller random model (tests)")
+    parser.add_argument("--config", help=CONFIG_HELP)
     parser.add_argument("--sizes", nargs="+", default=[f"{h}x{w}" for h, w in SIZES], help="HxW crops")
     parser.add_argument("--json", metavar="OUT.json")
     args = parser.parse_args(argv)
@@ -88,11 +89,8 @@ def main(argv=None) -> int:
 
     if args.checkpoint:
         model = mambaic.load_checkpoint(args.checkpoint)
-    elif args.config:
-        N, M, *depths = (int(v) for v in args.config.split(","))
-        model = mambaic.random_model(0, N=N, M=M, depths=tuple(depths))
     else:
-        model = mambaic.random_model(0)
+        model = random_model(args.config)
     model = model.to(args.device).eval()
     model.update()
     weights = {k: v.to("cpu", copy=True) for k, v in model.state_dict().items()}

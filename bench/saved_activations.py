@@ -20,6 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable from a checkout
 
+from bench.models import CONFIG_HELP, random_model  # noqa: E402
+
 
 def saved_by_module(model, x, criterion) -> collections.Counter:
     stack, seen, by = [], set(), collections.Counter()
@@ -48,7 +50,6 @@ def saved_by_module(model, x, criterion) -> collections.Counter:
 
 
 def main(argv=None) -> int:
-    import mambaic
     import mambaic_kernels as mk
     from mambaic import training as T
 
@@ -57,15 +58,10 @@ def main(argv=None) -> int:
     parser.add_argument("--patch", type=int, default=256)
     parser.add_argument("--backend", default="cpu")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--config", help="N,M,d0,d1,d2,d3 for a smaller model (tests)")
+    parser.add_argument("--config", help=CONFIG_HELP)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    if args.config:
-        N, M, *depths = (int(v) for v in args.config.split(","))
-        model = mambaic.random_model(0, N=N, M=M, depths=tuple(depths))
-    else:
-        model = mambaic.random_model(0)
-    model = model.to(args.device).train()
+    model = random_model(args.config).to(args.device).train()
     x = torch.rand(args.batch, 3, args.patch, args.patch, device=args.device)
     with mk.use_backend(args.backend):
         by = saved_by_module(model, x, T.RateDistortionLoss(0.013))

@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable from a checkout
 
 from bench.latency import Clock, machine  # noqa: E402
+from bench.models import CONFIG_HELP, random_model  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -44,19 +45,13 @@ def photo_batch(batch: int, patch: int, seed: int = 0) -> torch.Tensor:
 
 
 def time_backend(backend: str, args, x: torch.Tensor, graphs: bool = False) -> dict:
-    import mambaic
     import mambaic_kernels as mk
     from mambaic import training as T
 
     clock = Clock(args.device)
     clock.reset_peak()
     torch.manual_seed(args.seed)
-    if args.config:
-        N, M, *depths = (int(v) for v in args.config.split(","))
-        model = mambaic.random_model(args.seed, N=N, M=M, depths=tuple(depths))
-    else:
-        model = mambaic.random_model(args.seed)
-    model = model.to(args.device).train()
+    model = random_model(args.config, args.seed).to(args.device).train()
     optimizer, aux_optimizer = T.optimizers(model)
     criterion = T.RateDistortionLoss(args.lmbda)
     autocast = T.autocast_for(args.precision, args.device)
@@ -98,7 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="also time each backend's step with its forward and backward replayed from a CUDA graph")
-    parser.add_argument("--config", help="N,M,d0,d1,d2,d3 for a smaller model (tests)")
+    parser.add_argument("--config", help=CONFIG_HELP)
     parser.add_argument("--json", metavar="OUT.json")
     args = parser.parse_args(argv)
     if args.patch % 128 or args.batch < 1 or args.iters < 1:
