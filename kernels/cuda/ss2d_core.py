@@ -27,6 +27,9 @@ then rows (0, 2), with no flip and no copy of B or C:
             direction, dB and dC straight into the B and C rows of dproj (atomics)
     rest    matmuls: dproj's R rows, dt_projs_weight, x_proj_weight and the sequence's share of
             du; cols' du transposed back onto the map
+
+It holds about ten maps of the images it works on, so it takes the batch in groups of whole images
+of at most 2^29 elements (one group below that: every training and 2K batch).
 """
 
 from __future__ import annotations
@@ -85,13 +88,39 @@ def ss2d_core_bwd_cuda(
     input's dtype, computed in float32."""
     f = torch.float32
     batch, D, H, W = u.shape
+    weights = _weights32(x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    A = weights[2]
+    u32, dout32 = u.to(f).contiguous(), dout.to(f).contiguous()
+    # A group of whole images at a time: the backward holds about ten of the group's maps, so a
+    # 4K-sized batch in one go would need more than the GPU has (the images are independent; the
+    # weights' gradients add up over the groups).
+    per_group = max(1, _GROUP_ELEMENTS // max(1, D * H * W))
+    du = torch.empty_like(u32)
+    totals = None
+    for start in range(0, batch, per_group):
+        images = slice(start, min(batch, start + per_group))
+        parts = _bwd_images(dout32[images], u32[images], weights, du[images])
+        totals = parts if totals is None else [t + p for t, p in zip(totals, parts)]
+    dw_x, dw_dt, dA, dD, dbias = totals if totals is not None else [torch.zeros_like(w) for w in
+                                                                     (weights[0], weights[1], A, weights[3], weights[4])]
+    dA_logs = (dA * A).reshape(A_logs.shape)  # A = -exp(A_logs)
+    grads = (du, dw_x, dw_dt, dbias.reshape(dt_projs_bias.shape), dA_logs, dD.reshape(Ds.shape))
+    inputs = (u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    return [g.to(t.dtype) for g, t in zip(grads, inputs)]
+
+
+_GROUP_ELEMENTS = 2**29  # elements of one (batch, dim, H, W) map the backward takes at a time (2 GiB in float32)
+
+
+def _bwd_images(dout32, u32, weights, du):
+    """ss2d_core_bwd_cuda on a group of images, all float32: writes du (contiguous, u32's shape) and
+    returns the weights' gradients from these images alone (x_proj, dt_proj, A, skip D, delta bias)."""
+    batch, D, H, W = u32.shape
     L = H * W
-    w_x, w_dt, A, skip, bias, R, N = _weights32(x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    w_x, w_dt, A, skip, bias, R, N = weights
     C = R + 2 * N
-    u32 = u.to(f).contiguous()
     dy_rows = u32.new_empty((batch, D, H, W))  # dout in the maps' layout
-    _ext.transpose(dout.to(f).contiguous().view(batch, L, D), dy_rows.view(batch, D, L), False)
-    du = u32.new_empty((batch, D, H, W))
+    _ext.transpose(dout32.view(batch, L, D), dy_rows.view(batch, D, L), False)
     dw_x, dw_dt = torch.empty_like(w_x), torch.empty_like(w_dt)
     dA, dD, dbias = torch.empty_like(A), torch.empty_like(skip), torch.empty_like(bias)
     for first in (1, 0):  # cols (directions 1, 3), then rows (0, 2)
@@ -125,10 +154,7 @@ def ss2d_core_bwd_cuda(
             _ext.transpose(dseq.view(batch * D, W, H), du.view(batch * D, H, W), False)
         else:
             du += dseq.view(batch, D, H, W)
-    dA_logs = (dA * A).reshape(A_logs.shape)  # A = -exp(A_logs)
-    grads = (du, dw_x, dw_dt, dbias.reshape(dt_projs_bias.shape), dA_logs, dD.reshape(Ds.shape))
-    inputs = (u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
-    return [g.to(t.dtype) for g, t in zip(grads, inputs)]
+    return dw_x, dw_dt, dA, dD, dbias
 
 
 @ss2d_core_bwd_cuda.register_fake

@@ -66,13 +66,17 @@ SCRIPT = textwrap.dedent(
     # the op's Python body itself: through the dispatcher it would run below autograd, where the
     # stand-in's reference scan could not record its graph
     body = ss2d_core.ss2d_core_bwd_cuda._init_fn
-    got = body(dout.float(), u.float(), *(w.float() for w in weights))
     leaves = [t.clone().requires_grad_() for t in (u, *weights)]
     reference.ss2d_core(*leaves).backward(dout)
     names = ("du", "dx_proj_weight", "ddt_projs_weight", "ddt_projs_bias", "dA_logs", "dDs")
-    for name, g, leaf in zip(names, got, leaves):
-        assert g.dtype == torch.float32 and g.shape == leaf.shape, (name, g.dtype, g.shape, leaf.shape)
-        torch.testing.assert_close(g.double(), leaf.grad, rtol=1e-4, atol=1e-5, msg=lambda m: name + ": " + m)
+    # the whole batch at once, then (as for maps past the group size) one image at a time
+    for group in (ss2d_core._GROUP_ELEMENTS, D * H * W):
+        ss2d_core._GROUP_ELEMENTS = group
+        got = body(dout.float(), u.float(), *(w.float() for w in weights))
+        for name, g, leaf in zip(names, got, leaves):
+            assert g.dtype == torch.float32 and g.shape == leaf.shape, (name, g.dtype, g.shape, leaf.shape)
+            torch.testing.assert_close(g.double(), leaf.grad, rtol=1e-4, atol=1e-5,
+                                       msg=lambda m: f"{name} (groups of {group} elements): {m}")
     print("ok")
     """
 )
