@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ._context import ContextSetting
 
@@ -38,6 +39,12 @@ CHOICES = BACKENDS + ("auto",)
 # Fastest first, per device type: `auto` takes the first backend that accepts the call. Triton on
 # CPU tensors is its interpreter (for tests), never the fastest, so auto does not pick it there.
 AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+# Ops whose order differs, with the measured reason. cross_scan / cross_merge: the cuda kernels are
+# new (2026-12-07) and not yet benchmarked against Triton's on a GPU, so auto keeps Triton's.
+AUTO_ORDER_BY_OP = {
+    "cross_scan": {"cuda": ("triton", "cuda", "torch")},
+    "cross_merge": {"cuda": ("triton", "cuda", "torch")},
+}
 AUTO_FALLBACK = ("torch",)  # other devices (mps, xpu...): plain PyTorch
 OPS = ("cross_scan", "cross_merge", "selective_scan", "window_attention", "ss2d_core")
 
@@ -182,6 +189,21 @@ def _note(op: str, backend: str) -> None:
             used[op].append(backend)
 
 
+def direct_launch_ok(*tensors) -> bool:
+    """True for an eager call that autograd, torch.compile and tracing will not see.
+
+    The custom-op dispatch costs ~15 us of CPU a call (~30 us when autograd records it), more
+    than a window-attention kernel or the cross_scan of a small map takes on the GPU, so such
+    calls launch the kernel directly. Everything else (gradients needed, compiling, a dispatch
+    mode such as FakeTensor or make_fx, tensor subclasses) goes through the registered op.
+    """
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    if any(type(t) is not torch.Tensor for t in tensors):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
 def why_unavailable(op: str, backend: str, **meta) -> str | None:
     """None if ``backend`` can run ``op`` for a call described by ``meta``, else the reason."""
     err = _load(backend)
@@ -235,6 +257,11 @@ def _resolve(op: str, **meta) -> Callable:
     return _registry[op][name].fn
 
 
+def auto_order(op: str, device: "str | None") -> tuple[str, ...]:
+    """The backends auto tries for ``op`` on ``device``, fastest first."""
+    return AUTO_ORDER_BY_OP.get(op, {}).get(device) or AUTO_ORDER.get(device, AUTO_FALLBACK)
+
+
 def _choose(op: str, **meta) -> str:
     """The name of the backend that runs this call (the requested one, or auto's pick)."""
     name, source = requested(op)
@@ -248,7 +275,7 @@ def _choose(op: str, **meta) -> str:
             )
         return name
     rejected = {}
-    for candidate in AUTO_ORDER.get(meta.get("device"), AUTO_FALLBACK):
+    for candidate in auto_order(op, meta.get("device")):
         reason = why_unavailable(op, candidate, **meta)
         if reason is None:
             key = (op, candidate, tuple(sorted(meta.items())))

@@ -1,10 +1,11 @@
-"""The `cuda` backend: CUDA C++ kernels (kernels/cuda/csrc) for the selective scan and the fused SS2D core.
+"""The `cuda` backend: CUDA C++ kernels (kernels/cuda/csrc) for cross_scan / cross_merge, the selective
+scan and the fused SS2D core.
 
 The extension is the one ``MAMBAIC_BUILD_CUDA=1 pip install -e .`` builds (``mambaic_kernels._cuda``)
 or, without it, compiled with nvcc the first time the backend loads on a machine with a GPU
-(about a minute; cached by PyTorch in ``$TORCH_EXTENSIONS_DIR``). The other ops have no CUDA
-kernels yet: ``auto`` takes them from the next backend, and an explicit ``cuda`` request for them
-is an error that says so.
+(about a minute; cached by PyTorch in ``$TORCH_EXTENSIONS_DIR``). Window attention has no CUDA
+kernels yet: ``auto`` takes it from the next backend, and an explicit ``cuda`` request for it is
+an error that says so.
 
 Both ops have CUDA backward passes: the selective scan's from the tile states its forward saves,
 the SS2D core's a pair of directions at a time (ss2d_core.py: the pair's scans again for their tile
@@ -20,6 +21,15 @@ import torch
 from ..cuda_build import JIT_NAME
 
 CSRC = Path(__file__).parent / "csrc"
+
+
+def supports_device(device: str, dtype: torch.dtype) -> "str | None":
+    """Why the CUDA kernels can't take tensors on ``device`` of ``dtype``, or None."""
+    if device != "cuda":
+        return f"the cuda backend takes CUDA tensors, got {device} tensors"
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"the cuda backend takes float32, float16 and bfloat16, got {dtype}"
+    return None
 
 
 def _build():
@@ -50,4 +60,4 @@ def _build():
 
 _ext = _build()
 
-from . import selective_scan, ss2d_core  # noqa: E402,F401  (each registers its op with _backend)
+from . import cross_scan, selective_scan, ss2d_core  # noqa: E402,F401  (each registers its ops with _backend)

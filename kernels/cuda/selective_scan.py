@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import _backend
-from . import _ext
+from . import _ext, supports_device
 
 _MAX_N = 16  # the kernels pad N up to 16 states in registers
 _TILE = _ext.scan_tile  # steps per tile: one saved state per tile (csrc/selective_scan.h: kScanTile)
@@ -84,10 +84,9 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus):
 
 
 def supports(device: str, dtype: torch.dtype, d_state: int, **_) -> str | None:
-    if device != "cuda":
-        return f"the cuda backend takes CUDA tensors, got {device} tensors"
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return f"the cuda backend takes float32, float16 and bfloat16, got {dtype}"
+    why = supports_device(device, dtype)
+    if why is not None:
+        return why
     if d_state > _MAX_N:
         return f"the cuda selective scan keeps at most {_MAX_N} states per channel, got d_state={d_state}"
     return None

@@ -50,9 +50,9 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 from torch._guards import detect_fake_mode
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .. import _backend
+from .._backend import direct_launch_ok
 from . import supports_device
 
 
@@ -308,21 +308,6 @@ def launch(kernel, traceable=True):
 class _NoLaunch:
     def __getitem__(self, grid):
         return lambda *args, **kwargs: None
-
-
-def direct_launch_ok(*tensors) -> bool:
-    """True for an eager call that autograd, torch.compile and tracing will not see.
-
-    The custom-op dispatch costs ~15 us of CPU a call (~30 us when autograd records it), more
-    than a window-attention kernel or the cross_scan of a small map takes on the GPU, so such
-    calls launch the kernel directly. Everything else (gradients needed, compiling, a dispatch
-    mode such as FakeTensor or make_fx, tensor subclasses) goes through the registered op.
-    """
-    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
-        return False
-    if any(type(t) is not torch.Tensor for t in tensors):
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 def scan_into(x: torch.Tensor, out: torch.Tensor, channel_last: bool, config=None, traceable=True) -> None:

@@ -50,7 +50,8 @@ from torch.library import triton_op
 
 from .. import _backend
 from . import supports_device
-from .cross_scan import direct_launch_ok, launch
+from .._backend import direct_launch_ok
+from .cross_scan import launch
 
 # Matmul precision for float32 inputs. "tf32x3" splits each operand into a tf32 high part and a
 # tf32 low part and sums three tensor-core products: ~1e-6 relative error (the parity tolerance

@@ -62,6 +62,8 @@ def _compiled_samples():
         "cross_merge_cpu": lambda: (g(2, 4, 3, 5, 7), True),
         "selective_scan_fwd_cpu": lambda: scan,
         "ss2d_core_fwd_cpu": lambda: core,
+        "cross_scan_cuda": lambda: (g(2, 3, 5, 7), False),
+        "cross_merge_cuda": lambda: (g(2, 4, 3, 5, 7), True),
         "selective_scan_fwd_cuda": lambda: (*scan, True),
         "selective_scan_bwd_cuda": scan_bwd,
         "ss2d_core_fwd_cuda": lambda: core,
@@ -71,7 +73,8 @@ def _compiled_samples():
 
 COMPILED_OPS = [pytest.param(name.rsplit("_", 1)[1], name, id=name)
                 for name in ("cross_scan_cpu", "cross_merge_cpu", "selective_scan_fwd_cpu", "ss2d_core_fwd_cpu",
-                             "selective_scan_fwd_cuda", "selective_scan_bwd_cuda", "ss2d_core_fwd_cuda",
+                             "cross_scan_cuda", "cross_merge_cuda", "selective_scan_fwd_cuda",
+                             "selective_scan_bwd_cuda", "ss2d_core_fwd_cuda",
                              "ss2d_core_bwd_cuda")]
 
 

@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
+#include "cross_scan.h"
 #include "selective_scan.h"
 
 namespace {
@@ -264,6 +265,57 @@ void transpose(const at::Tensor& in, at::Tensor& out, bool accumulate) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+mambaic::Element element_of(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return mambaic::Element::kFloat32;
+    case at::kHalf: return mambaic::Element::kFloat16;
+    case at::kBFloat16: return mambaic::Element::kBFloat16;
+    default: TORCH_CHECK(false, name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
+  }
+}
+
+mambaic::CrossShape cross_shape(int64_t batch, int64_t channels, int64_t height, int64_t width, bool channel_last) {
+  const mambaic::CrossShape shape{batch, channels, height, width, channel_last};
+  const char* why = mambaic::cross_unsupported(shape);
+  TORCH_CHECK(why[0] == '\0', "cross_scan / cross_merge (cuda): ", why);
+  return shape;
+}
+
+void check_cross_tensor(const at::Tensor& t, const char* name, int64_t dims) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
+  TORCH_CHECK(t.dim() == dims, name, " must have ", dims, " dimensions, got shape ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+// (batch, 4, C, H W) from the map x, (batch, C, H, W) or, channel_last, (batch, H, W, C).
+at::Tensor cross_scan(const at::Tensor& x, bool channel_last) {
+  check_cross_tensor(x, "x", 4);
+  const auto element = element_of(x, "x");
+  const int64_t batch = x.size(0), channels = x.size(channel_last ? 3 : 1);
+  const int64_t height = x.size(channel_last ? 1 : 2), width = x.size(channel_last ? 2 : 3);
+  const auto shape = cross_shape(batch, channels, height, width, channel_last);
+  c10::cuda::CUDAGuard guard(x.device());
+  auto out = x.new_empty({batch, 4, channels, height * width});
+  mambaic::cross_scan_launch(x.data_ptr(), out.data_ptr(), shape, element, at::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+// The map (batch, C, H, W) or, channel_last, (batch, H, W, C) from y (batch, 4, C, H, W): the sum of
+// the four directions, each put back in row-major order.
+at::Tensor cross_merge(const at::Tensor& y, bool channel_last) {
+  check_cross_tensor(y, "y", 5);
+  TORCH_CHECK(y.size(1) == 4, "y must have 4 directions in dimension 1, got shape ", y.sizes());
+  const auto element = element_of(y, "y");
+  const int64_t batch = y.size(0), channels = y.size(2), height = y.size(3), width = y.size(4);
+  const auto shape = cross_shape(batch, channels, height, width, channel_last);
+  c10::cuda::CUDAGuard guard(y.device());
+  auto out = channel_last ? y.new_empty({batch, height, width, channels}) : y.new_empty({batch, channels, height, width});
+  mambaic::cross_merge_launch(y.data_ptr(), out.data_ptr(), shape, element, at::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -272,6 +324,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ss2d_fwd", &ss2d_fwd, "the four scans of the fused SS2D core into two accumulators");
   m.def("ss2d_pair_states", &ss2d_pair_states, "tile states of a pair of SS2D directions (k, k + 2)");
   m.def("ss2d_pair_bwd", &ss2d_pair_bwd, "backward of a pair of SS2D directions (k, k + 2) from their tile states");
+  m.def("cross_scan", &cross_scan, "the four scan orders of a map: (batch, 4, C, L)");
+  m.def("cross_merge", &cross_merge, "the sum of four scan-order sequences, back on the map");
   m.def("transpose", &transpose, "batched transpose, optionally accumulating");
   m.attr("scan_tile") = mambaic::kScanTile;  // the fake kernels' tile_states shape
 }
