@@ -72,6 +72,7 @@ template <bool kChannelLast, char kFastest, typename F>
 __device__ __forceinline__ void for_tile(const CrossShape& s, const TileOrigin<kChannelLast>& o, F&& f) {
   using S = Tile<kChannelLast>;
   constexpr int kCount = S::kC * S::kH * S::kW;
+#pragma unroll  // every load of the phase in flight at once
   for (int i = threadIdx.x; i < kCount; i += kThreads) {
     int c, h, w;
     if (kFastest == 'w') {
