@@ -124,22 +124,24 @@ template <typename T, bool kChannelLast>
 __global__ void __launch_bounds__(kThreads) cross_merge_kernel(const T* __restrict__ y, T* __restrict__ out,
                                                                 CrossShape s) {
   using Slot = Slots<kChannelLast>;
-  __shared__ float tile[Slot::kCount];
+  // The row-major pair (0, 2) and the column-major pair (1, 3) go to separate tiles, so that the
+  // two phases need no barrier between them: all four directions' loads are in flight at once.
+  __shared__ float rows[Slot::kCount], cols[Slot::kCount];
   const TileOrigin<kChannelLast> o(s);
   const int64_t L = s.height * s.width;
   auto sequence = [&](int k, int c) { return y + ((o.b * 4 + k) * s.channels + o.c0 + c) * L; };
   for_tile<kChannelLast, 'w'>(s, o, [&](int c, int h, int w) {
     const int64_t p = (o.h0 + h) * s.width + o.w0 + w;
-    tile[Slot::at(c, h, w)] = to_float(sequence(0, c)[p]) + to_float(sequence(2, c)[L - 1 - p]);
+    rows[Slot::at(c, h, w)] = to_float(sequence(0, c)[p]) + to_float(sequence(2, c)[L - 1 - p]);
   });
-  __syncthreads();
-  for_tile<kChannelLast, 'h'>(s, o, [&](int c, int h, int w) {  // each slot has one owner per phase
+  for_tile<kChannelLast, 'h'>(s, o, [&](int c, int h, int w) {
     const int64_t q = (o.w0 + w) * s.height + o.h0 + h;
-    tile[Slot::at(c, h, w)] += to_float(sequence(1, c)[q]) + to_float(sequence(3, c)[L - 1 - q]);
+    cols[Slot::at(c, h, w)] = to_float(sequence(1, c)[q]) + to_float(sequence(3, c)[L - 1 - q]);
   });
   __syncthreads();
   for_tile<kChannelLast, kChannelLast ? 'c' : 'w'>(s, o, [&](int c, int h, int w) {
-    out[map_offset<kChannelLast>(s, o.b, o.c0 + c, o.h0 + h, o.w0 + w)] = from_float<T>(tile[Slot::at(c, h, w)]);
+    const int i = Slot::at(c, h, w);
+    out[map_offset<kChannelLast>(s, o.b, o.c0 + c, o.h0 + h, o.w0 + w)] = from_float<T>(rows[i] + cols[i]);
   });
 }
 
