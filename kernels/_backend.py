@@ -39,11 +39,13 @@ CHOICES = BACKENDS + ("auto",)
 # Fastest first, per device type: `auto` takes the first backend that accepts the call. Triton on
 # CPU tensors is its interpreter (for tests), never the fastest, so auto does not pick it there.
 AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
-# Ops whose order differs, with the measured reason. cross_scan / cross_merge: the cuda kernels are
-# new (2026-12-07) and not yet benchmarked against Triton's on a GPU, so auto keeps Triton's.
+# Ops whose order differs, with the measured reason. cross_scan / cross_merge (H100, 2026-12-07,
+# bench/RESULTS.md): the cuda merge forward is 3-12% slower than Triton's, so auto keeps Triton's.
+# window_attention: the cuda kernels are new and not yet benchmarked on a GPU.
 AUTO_ORDER_BY_OP = {
     "cross_scan": {"cuda": ("triton", "cuda", "torch")},
     "cross_merge": {"cuda": ("triton", "cuda", "torch")},
+    "window_attention": {"cuda": ("triton", "cuda", "torch")},
 }
 AUTO_FALLBACK = ("torch",)  # other devices (mps, xpu...): plain PyTorch
 OPS = ("cross_scan", "cross_merge", "selective_scan", "window_attention", "ss2d_core")

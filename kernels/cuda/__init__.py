@@ -1,11 +1,11 @@
-"""The `cuda` backend: CUDA C++ kernels (kernels/cuda/csrc) for cross_scan / cross_merge, the selective
-scan and the fused SS2D core.
+"""The `cuda` backend: CUDA C++ kernels (kernels/cuda/csrc) for every op: cross_scan / cross_merge,
+the selective scan, window attention and the fused SS2D core, forward and backward.
 
 The extension is the one ``MAMBAIC_BUILD_CUDA=1 pip install -e .`` builds (``mambaic_kernels._cuda``)
 or, without it, compiled with nvcc the first time the backend loads on a machine with a GPU
-(about a minute; cached by PyTorch in ``$TORCH_EXTENSIONS_DIR``). Window attention has no CUDA
-kernels yet: ``auto`` takes it from the next backend, and an explicit ``cuda`` request for it is
-an error that says so.
+(about a minute; cached by PyTorch in ``$TORCH_EXTENSIONS_DIR``). A call a kernel cannot take
+(window attention past 8 x 8 windows or head_dim 32, a scan past 16 states) goes to the next
+backend under ``auto``; an explicit ``cuda`` request for it is an error that says why.
 
 Both ops have CUDA backward passes: the selective scan's from the tile states its forward saves,
 the SS2D core's a pair of directions at a time (ss2d_core.py: the pair's scans again for their tile
@@ -60,4 +60,4 @@ def _build():
 
 _ext = _build()
 
-from . import cross_scan, selective_scan, ss2d_core  # noqa: E402,F401  (each registers its ops with _backend)
+from . import cross_scan, selective_scan, ss2d_core, window_attention  # noqa: E402,F401  (each registers its ops with _backend)

@@ -16,7 +16,8 @@ SOURCES = sorted(CSRC.glob("*.cu"))
 
 
 def test_there_are_sources():
-    assert {p.name for p in SOURCES} >= {"cross_scan.cu", "selective_scan_fwd.cu", "selective_scan_bwd.cu", "transpose.cu"}
+    assert {p.name for p in SOURCES} >= {"cross_scan.cu", "selective_scan_fwd.cu", "selective_scan_bwd.cu", "transpose.cu", "window_attention_fwd.cu",
+                                          "window_attention_bwd.cu"}
 
 
 def test_every_source_compiles_for_every_arch(tmp_path):

@@ -63,6 +63,9 @@ def _compiled_samples():
         "selective_scan_fwd_cpu": lambda: scan,
         "ss2d_core_fwd_cpu": lambda: core,
         "cross_scan_cuda": lambda: (g(2, 3, 5, 7), False),
+        "window_attention_fwd_cuda": lambda: (g(2, 16, 24, 3 * 2 * 16), g(2, 15, 15), 2, 8, True),
+        "window_attention_bwd_cuda": lambda: (torch.randn(2, 16, 24, 32, **f), torch.randn(2, 16, 24, 96, **f),
+                                              torch.randn(2, 15, 15, **f), 2, 8, True),
         "cross_merge_cuda": lambda: (g(2, 4, 3, 5, 7), True),
         "selective_scan_fwd_cuda": lambda: (*scan, True),
         "selective_scan_bwd_cuda": scan_bwd,
@@ -73,7 +76,8 @@ def _compiled_samples():
 
 COMPILED_OPS = [pytest.param(name.rsplit("_", 1)[1], name, id=name)
                 for name in ("cross_scan_cpu", "cross_merge_cpu", "selective_scan_fwd_cpu", "ss2d_core_fwd_cpu",
-                             "cross_scan_cuda", "cross_merge_cuda", "selective_scan_fwd_cuda",
+                             "cross_scan_cuda", "cross_merge_cuda", "window_attention_fwd_cuda",
+                             "window_attention_bwd_cuda", "selective_scan_fwd_cuda",
                              "selective_scan_bwd_cuda", "ss2d_core_fwd_cuda",
                              "ss2d_core_bwd_cuda")]
 

@@ -2,12 +2,15 @@
 // elements), the current stream. The Python side (kernels/cuda/) registers the ops, their fake
 // kernels and autograd; it passes float32 tensors, casting other dtypes.
 
+#include <cmath>
+
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
 #include "cross_scan.h"
 #include "selective_scan.h"
+#include "window_attention.h"
 
 namespace {
 
@@ -316,6 +319,57 @@ at::Tensor cross_merge(const at::Tensor& y, bool channel_last) {
   return out;
 }
 
+// The parameters of both window attention kernels, checked; out / dout / dtable_parts left unset.
+mambaic::WindowAttentionParams attention_params(const at::Tensor& qkv, const at::Tensor& table, int64_t heads,
+                                                int64_t window, bool shifted) {
+  check_cross_tensor(qkv, "qkv", 4);
+  check_cuda_fp32(table, "rel_pos_bias");
+  TORCH_CHECK(table.is_contiguous(), "rel_pos_bias must be contiguous");
+  TORCH_CHECK(heads > 0 && qkv.size(3) % (3 * heads) == 0, "qkv's last dimension must be 3 * heads * head_dim, got ",
+              qkv.size(3), " for ", heads, " heads");
+  check_shape(table, "rel_pos_bias", {heads, 2 * window - 1, 2 * window - 1});
+  mambaic::WindowAttentionParams p{};
+  p.qkv = qkv.data_ptr(), p.table = table.data_ptr<float>();
+  p.batch = qkv.size(0), p.height = qkv.size(1), p.width = qkv.size(2);
+  p.heads = static_cast<int>(heads), p.head_dim = static_cast<int>(qkv.size(3) / 3 / heads);
+  p.window = static_cast<int>(window), p.shifted = shifted;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
+  p.element = element_of(qkv, "qkv");
+  const char* why = mambaic::window_attention_unsupported(p);
+  TORCH_CHECK(why[0] == '\0', "window_attention (cuda): ", why);
+  return p;
+}
+
+// (batch, H, W, dim) from qkv (batch, H, W, 3 dim) and the float32 table (heads, 2w-1, 2w-1).
+at::Tensor window_attention_fwd(const at::Tensor& qkv, const at::Tensor& table, int64_t heads, int64_t window,
+                                bool shifted) {
+  auto p = attention_params(qkv, table, heads, window, shifted);
+  c10::cuda::CUDAGuard guard(qkv.device());
+  auto out = qkv.new_empty({qkv.size(0), qkv.size(1), qkv.size(2), qkv.size(3) / 3});
+  p.out = out.data_ptr();
+  mambaic::window_attention_fwd_launch(p, at::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+// (d qkv, d table as one float32 partial per (image, window)) from dout (batch, H, W, dim).
+std::vector<at::Tensor> window_attention_bwd(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& table,
+                                             int64_t heads, int64_t window, bool shifted) {
+  auto p = attention_params(qkv, table, heads, window, shifted);
+  check_cross_tensor(dout, "dout", 4);
+  TORCH_CHECK(dout.scalar_type() == qkv.scalar_type(), "dout must have qkv's dtype ", qkv.scalar_type(), ", got ",
+              dout.scalar_type());
+  check_shape(dout, "dout", {qkv.size(0), qkv.size(1), qkv.size(2), qkv.size(3) / 3});
+  c10::cuda::CUDAGuard guard(qkv.device());
+  auto dqkv = at::empty_like(qkv);
+  const int64_t windows = p.batch * (p.height / window) * (p.width / window);
+  auto parts = table.new_empty({windows, heads, 2 * window - 1, 2 * window - 1});
+  p.dout = dout.data_ptr(), p.out = dqkv.data_ptr(), p.dtable_parts = parts.data_ptr<float>();
+  mambaic::window_attention_bwd_launch(p, at::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {dqkv, parts};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -326,6 +380,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ss2d_pair_bwd", &ss2d_pair_bwd, "backward of a pair of SS2D directions (k, k + 2) from their tile states");
   m.def("cross_scan", &cross_scan, "the four scan orders of a map: (batch, 4, C, L)");
   m.def("cross_merge", &cross_merge, "the sum of four scan-order sequences, back on the map");
+  m.def("window_attention_fwd", &window_attention_fwd, "Swin window attention forward, one block per (window, head)");
+  m.def("window_attention_bwd", &window_attention_bwd, "its backward: d qkv and per-window partials of d table");
   m.def("transpose", &transpose, "batched transpose, optionally accumulating");
   m.attr("scan_tile") = mambaic::kScanTile;  // the fake kernels' tile_states shape
 }

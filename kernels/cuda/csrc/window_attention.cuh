@@ -1,0 +1,83 @@
+// Swin-style window attention, one block per (image, window, head) and one thread per token of the
+// window (w*w <= 64), float32 arithmetic whatever the input dtype.
+//
+// Token t = (ti, tj) of window (wr, wc) sits at (wr w + ti + s) mod H, (wc w + tj + s) mod W) of the
+// map, s = w/2 when shifted, else 0: the cyclic shift and the window partition are index
+// arithmetic on loads and stores, and the output lands back at the token's own position. In a
+// shifted map's last window row, tokens on opposite sides of ti = w - w/2 do not attend to each
+// other (the official generate_mask), and the same for columns.
+//
+// Forward, thread i: its q row in registers, the window's K and V rows of the head in shared
+// memory, the 64 scores in registers, softmax, the output row. One fixed order of every sum:
+// bit-identical from run to run.
+//
+// Backward, thread i: P's row again (no statistics saved), dP_ij = dO_i . v_j,
+// dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij), dq_i = scale sum_j dS_ij k_j; P and dS go to shared memory,
+// where thread j then sums its column: dk_j = scale sum_i dS_ij q_i, dv_j = sum_i P_ij dO_i. Every
+// element of d qkv has one owner: no atomics. d table: thread b sums dS over the token pairs of
+// bin b (a fixed order), one partial per block, summed over the blocks by the caller.
+
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "window_attention.h"
+
+namespace mambaic {
+namespace attention {
+
+constexpr int kTokens = kMaxWindow * kMaxWindow;  // threads per block
+constexpr int kBins = (2 * kMaxWindow - 1) * (2 * kMaxWindow - 1);
+
+template <typename T> __device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
+template <> __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_float(float v) { return static_cast<T>(v); }
+template <> __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+
+// Where this block's window and head lie, and this thread's token.
+struct Window {
+  int64_t b, wr, wc;  // image, window row and column
+  int head, n_rows, n_cols, w, tokens;
+  int ti, tj;         // this thread's token in the window (valid when threadIdx.x < tokens)
+  int64_t token_offset;  // the token's (b, row, col) * channels offset in qkv / out's channels-last layout
+
+  __device__ Window(const WindowAttentionParams& p) {
+    w = p.window, tokens = w * w;
+    n_rows = static_cast<int>(p.height / w), n_cols = static_cast<int>(p.width / w);
+    int64_t i = blockIdx.x;
+    head = static_cast<int>(i % p.heads), i /= p.heads;
+    wc = i % n_cols, i /= n_cols;
+    wr = i % n_rows, b = i / n_rows;
+    ti = threadIdx.x / w, tj = threadIdx.x % w;
+    token_offset = offset_of(p, ti, tj);
+  }
+  // (b, row, col) of token (ti, tj) in the map, flattened
+  __device__ int64_t offset_of(const WindowAttentionParams& p, int ti_, int tj_) const {
+    const int s = p.shifted ? w / 2 : 0;
+    const int64_t r = (wr * w + ti_ + s) % p.height, c = (wc * w + tj_ + s) % p.width;
+    return (b * p.height + r) * p.width + c;
+  }
+  // True where the shifted-window mask forbids query (ti, tj) to see key (ki, kj).
+  __device__ bool masked(const WindowAttentionParams& p, int ki, int kj) const {
+    if (!p.shifted) return false;
+    const int s = w - w / 2;
+    return (wr == n_rows - 1 && ((ti < s) != (ki < s))) || (wc == n_cols - 1 && ((tj < s) != (kj < s)));
+  }
+};
+
+// Head `head`'s q (part 0), k (1) or v (2) row of the token at map offset `token` into dst[0, kHD),
+// zero past head_dim (dst is registers or a shared-memory row: the loop has a constant trip count).
+template <typename T, int kHD>
+__device__ __forceinline__ void load_row(const T* qkv, const WindowAttentionParams& p, int64_t token, int part,
+                                         int head, float* dst) {
+  const int dim = p.heads * p.head_dim;
+  const T* src = qkv + token * 3 * dim + part * dim + head * p.head_dim;
+#pragma unroll
+  for (int d = 0; d < kHD; ++d) dst[d] = d < p.head_dim ? to_float(src[d]) : 0.f;
+}
+
+}  // namespace attention
+}  // namespace mambaic

@@ -1,0 +1,82 @@
+"""`cuda` backend of window_attention: the kernels of csrc/window_attention_{fwd,bwd}.cu, one block
+per (image, window, head) and one thread per token (the algorithm: csrc/window_attention.cuh).
+
+float32 / float16 / bfloat16 qkv, float32 arithmetic; the bias table is passed as float32 and its
+gradient comes back as one partial per (image, window), summed here in a fixed order. Windows up
+to 8 x 8 and head_dim up to 32 (a row of scores, q, dO and dq in registers); other calls go to the
+next backend under auto, or fail with that reason when cuda is asked for.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _backend
+from .._backend import direct_launch_ok
+from . import _ext, supports_device
+
+_MAX_WINDOW, _MAX_HEAD_DIM = 8, 32  # csrc/window_attention.h: kMaxWindow, kMaxHeadDim
+
+
+@torch.library.custom_op("mambaic::window_attention_fwd_cuda", mutates_args=())
+def window_attention_fwd_cuda(qkv: torch.Tensor, rel_pos_bias: torch.Tensor, heads: int, window: int,
+                              shifted: bool) -> torch.Tensor:
+    """(batch, H, W, dim) from qkv (batch, H, W, 3 dim), in qkv's dtype."""
+    return _ext.window_attention_fwd(qkv, rel_pos_bias.float().contiguous(), heads, window, shifted)
+
+
+@window_attention_fwd_cuda.register_fake
+def _(qkv, rel_pos_bias, heads, window, shifted):
+    batch, H, W, C3 = qkv.shape
+    return qkv.new_empty((batch, H, W, C3 // 3))
+
+
+@torch.library.custom_op("mambaic::window_attention_bwd_cuda", mutates_args=())
+def window_attention_bwd_cuda(grad: torch.Tensor, qkv: torch.Tensor, rel_pos_bias: torch.Tensor, heads: int,
+                              window: int, shifted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d qkv in qkv's dtype, d rel_pos_bias in its dtype)."""
+    dqkv, parts = _ext.window_attention_bwd(grad.to(qkv.dtype).contiguous(), qkv, rel_pos_bias.float().contiguous(),
+                                            heads, window, shifted)
+    return dqkv, parts.sum(0).to(rel_pos_bias.dtype)
+
+
+@window_attention_bwd_cuda.register_fake
+def _(grad, qkv, rel_pos_bias, heads, window, shifted):
+    return torch.empty_like(qkv), torch.empty_like(rel_pos_bias)
+
+
+def _setup_context(ctx, inputs, output):
+    qkv, rel_pos_bias, heads, window, shifted = inputs
+    ctx.save_for_backward(qkv, rel_pos_bias)
+    ctx.args = (heads, window, shifted)
+
+
+def _backward(ctx, grad):
+    qkv, rel_pos_bias = ctx.saved_tensors
+    dqkv, dbias = window_attention_bwd_cuda(grad, qkv, rel_pos_bias, *ctx.args)
+    return dqkv, dbias, None, None, None
+
+
+torch.library.register_autograd("mambaic::window_attention_fwd_cuda", _backward, setup_context=_setup_context)
+
+
+def window_attention(qkv, rel_pos_bias, heads, window, shifted):
+    """The backend entry point registered with _backend (arguments already checked)."""
+    if direct_launch_ok(qkv, rel_pos_bias):
+        return _ext.window_attention_fwd(qkv, rel_pos_bias.float().contiguous(), heads, window, shifted)
+    return torch.ops.mambaic.window_attention_fwd_cuda(qkv, rel_pos_bias, heads, window, shifted)
+
+
+def supports(device: str, dtype: torch.dtype, window: int | None = None, head_dim: int | None = None, **_) -> str | None:
+    why = supports_device(device, dtype)
+    if why is not None:
+        return why
+    if window is not None and window > _MAX_WINDOW:
+        return f"the cuda window_attention kernels take one thread per token, window <= {_MAX_WINDOW}, got window={window}"
+    if head_dim is not None and head_dim > _MAX_HEAD_DIM:
+        return (f"the cuda window_attention kernels hold q, dO and dq rows in registers, head_dim <= {_MAX_HEAD_DIM}, "
+                f"got head_dim={head_dim}")
+    return None
+
+
+_backend.register("window_attention", "cuda", window_attention, supports)
