@@ -36,15 +36,10 @@ def cuda_graph_times(fn, iters: int = 20, budget_s: float = 2.0) -> list[float] 
 
     None when ``fn`` can't be captured (host syncs, allocations the graph pool can't serve).
     """
+    from mambaic.graphs import capture
+
     try:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            fn()  # warm the caching allocator on the side stream, as torch.cuda.graphs advises
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
+        graph, _ = capture(fn, warmup=1)
     except RuntimeError:
         return None
     return cuda_event_times(graph.replay, warmup=2, iters=iters, budget_s=budget_s)

@@ -48,6 +48,30 @@ def _clone(tree):
     return tree
 
 
+def capture(fn: Callable, warmup: int, pool=None, before: Callable | None = None):
+    """``fn()`` captured in a new CUDA graph: ``(graph, what the captured call returned)``.
+
+    ``fn`` first runs ``warmup`` times on a side stream, as torch.cuda.graphs advises: kernels
+    compile and autotune, the caching allocator fills, cuDNN makes its choices, all outside the
+    graph. ``before()`` runs before each of those calls and before the capture (the training step
+    clears the gradients there). ``pool`` shares one memory pool between graphs.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            if before is not None:
+                before()
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    if before is not None:
+        before()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return graph, out
+
+
 def dispatch_key(model: torch.nn.Module) -> tuple:
     """What else a capture depends on besides its inputs: each op's requested backend, the
     model's precision and cuDNN's mode."""
@@ -89,17 +113,10 @@ class GraphCache:
 
     def _capture(self, fn: Callable, tensors: tuple) -> _Captured:
         inputs = tuple(t.clone() for t in tensors)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(self.warmup):
-                fn(*inputs)
-        torch.cuda.current_stream().wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool), torch.no_grad():
-            outputs = fn(*inputs)
+        with torch.no_grad():
+            graph, outputs = capture(lambda: fn(*inputs), self.warmup, pool=self._pool)
         return _Captured(graph, inputs, outputs)
 
     def clear(self) -> None:

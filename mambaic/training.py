@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mambaic.graphs import capture
 from mambaic.image import image_files as _image_files
 from mambaic.image import pad_to_multiple
 
@@ -174,20 +175,13 @@ class GraphedForwardBackward:
         gc.collect()  # an eager autograd graph held only by a reference cycle would break the capture
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.batch = batch.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):  # kernels compile and autotune, the allocator warms up
-                for p in params:
-                    p.grad = None
-                self._pass(self.batch)
-        torch.cuda.current_stream().wait_stream(side)
-        for p in params:  # the captured backward creates them in the graph's memory
-            p.grad = None
-        graph = torch.cuda.CUDAGraph()
+
+        def clear_grads():  # the captured backward creates them in the graph's memory
+            for p in params:
+                p.grad = None
+
         try:
-            with torch.cuda.graph(graph):
-                terms = self._pass(self.batch)
+            graph, terms = capture(lambda: self._pass(self.batch), self.warmup, before=clear_grads)
             self.terms = {name: t.detach() for name, t in terms.items()}  # the captured autograd graph may go
         except RuntimeError as error:  # torch.AcceleratorError included
             if "legacy stream" not in str(error) and "StreamCapture" not in str(error):
