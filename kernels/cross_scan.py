@@ -30,8 +30,7 @@ def cross_scan(x: torch.Tensor, *, channel_last: bool = False) -> torch.Tensor:
     _checks.contiguous(op, "x", x)
     fn = _backend.resolve(op, **_checks.meta(x))
     if x.numel() == 0:
-        batch, dim, H, W = (x.shape[0], x.shape[3], *x.shape[1:3]) if channel_last else x.shape
-        return _empty_output(x, (batch, 4, dim, H * W))
+        return _empty_output(x, scan_output_shape(x, channel_last))
     return fn(x, channel_last)
 
 
@@ -62,6 +61,13 @@ def cross_merge(y: torch.Tensor, *, channel_last: bool = False) -> torch.Tensor:
         batch, _, dim, H, W = y.shape
         return _empty_output(y, (batch, H * W, dim) if channel_last else (batch, dim, H * W))
     return fn(y, channel_last)
+
+
+def scan_output_shape(x: torch.Tensor, channel_last: bool) -> tuple[int, int, int, int]:
+    """(batch, 4, dim, H*W): cross_scan's output shape for the map x in either layout (from H and W,
+    never numel // (batch * dim), which divides by zero for an empty batch or no channels)."""
+    batch, dim, H, W = (x.shape[0], x.shape[3], *x.shape[1:3]) if channel_last else x.shape
+    return batch, 4, dim, H * W
 
 
 def _empty_output(t: torch.Tensor, shape: tuple) -> torch.Tensor:

@@ -61,3 +61,21 @@ def window_attention(
         # that autograd gives each its gradient: empty for qkv, zeros for rel_pos_bias.
         return qkv.reshape(0, H, W, C3 // 3) + rel_pos_bias.sum()
     return fn(qkv, rel_pos_bias, heads, window, bool(shifted))
+
+
+def register_backward(forward_op: str, backward_op) -> None:
+    """Join a compiled backend's forward op ``forward_op`` (qkv, rel_pos_bias, heads, window,
+    shifted) to ``backward_op`` (grad, qkv, rel_pos_bias, heads, window, shifted) -> (d qkv,
+    d rel_pos_bias) through torch.library.register_autograd; the backward keeps qkv and the table."""
+
+    def setup_context(ctx, inputs, output):
+        qkv, rel_pos_bias, heads, window, shifted = inputs
+        ctx.save_for_backward(qkv, rel_pos_bias)
+        ctx.args = (heads, window, shifted)
+
+    def backward(ctx, grad):
+        qkv, rel_pos_bias = ctx.saved_tensors
+        dqkv, dbias = backward_op(grad.contiguous(), qkv, rel_pos_bias, *ctx.args)
+        return dqkv, dbias, None, None, None
+
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)

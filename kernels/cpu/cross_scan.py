@@ -6,6 +6,8 @@ with fake kernels and autograd), so that torch.compile keeps each as one node of
 
 import torch
 
+from ..cross_scan import scan_output_shape
+
 
 def make_cross_ops(ext):
     @torch.library.custom_op("mambaic::cross_scan_cpu", mutates_args=())
@@ -15,9 +17,7 @@ def make_cross_ops(ext):
 
     @cross_scan_cpu.register_fake
     def _(x, channel_last):
-        # L from H and W, not numel // (batch * C): that divided by zero for an empty batch or no channels
-        batch, C, H, W = (x.shape[0], x.shape[3], *x.shape[1:3]) if channel_last else x.shape
-        return x.new_empty((batch, 4, C, H * W))
+        return x.new_empty(scan_output_shape(x, channel_last))
 
     @torch.library.custom_op("mambaic::cross_merge_cpu", mutates_args=())
     def cross_merge_cpu(y: torch.Tensor, channel_last: bool) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import _backend
+from ..cross_scan import scan_output_shape
 from .._backend import direct_launch_ok
 from . import _ext, supports_device
 
@@ -24,8 +25,7 @@ def cross_scan_cuda(x: torch.Tensor, channel_last: bool) -> torch.Tensor:
 
 @cross_scan_cuda.register_fake
 def _(x, channel_last):
-    batch, C, H, W = (x.shape[0], x.shape[3], *x.shape[1:3]) if channel_last else x.shape
-    return x.new_empty((batch, 4, C, H * W))
+    return x.new_empty(scan_output_shape(x, channel_last))
 
 
 @torch.library.custom_op("mambaic::cross_merge_cuda", mutates_args=())

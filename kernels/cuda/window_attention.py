@@ -13,6 +13,7 @@ import torch
 
 from .. import _backend
 from .._backend import direct_launch_ok
+from ..window_attention import register_backward
 from . import _ext, supports_device
 
 _MAX_WINDOW, _MAX_HEAD_DIM = 8, 32  # csrc/window_attention.h: kMaxWindow, kMaxHeadDim
@@ -45,19 +46,7 @@ def _(grad, qkv, rel_pos_bias, heads, window, shifted):
     return torch.empty_like(qkv), torch.empty_like(rel_pos_bias)
 
 
-def _setup_context(ctx, inputs, output):
-    qkv, rel_pos_bias, heads, window, shifted = inputs
-    ctx.save_for_backward(qkv, rel_pos_bias)
-    ctx.args = (heads, window, shifted)
-
-
-def _backward(ctx, grad):
-    qkv, rel_pos_bias = ctx.saved_tensors
-    dqkv, dbias = window_attention_bwd_cuda(grad, qkv, rel_pos_bias, *ctx.args)
-    return dqkv, dbias, None, None, None
-
-
-torch.library.register_autograd("mambaic::window_attention_fwd_cuda", _backward, setup_context=_setup_context)
+register_backward("mambaic::window_attention_fwd_cuda", window_attention_bwd_cuda)
 
 
 def window_attention(qkv, rel_pos_bias, heads, window, shifted):

@@ -51,6 +51,7 @@ from torch.library import triton_op
 from .. import _backend
 from . import supports_device
 from .._backend import direct_launch_ok
+from ..window_attention import register_backward
 from .cross_scan import launch
 
 # Matmul precision for float32 inputs. "tf32x3" splits each operand into a tf32 high part and a
@@ -328,21 +329,7 @@ def window_attention_bwd(grad: torch.Tensor, qkv: torch.Tensor, rel_pos_bias: to
     return backward(grad, qkv, rel_pos_bias, heads, window, shifted)
 
 
-def _setup_context(ctx, inputs, output):
-    qkv, rel_pos_bias, heads, window, shifted = inputs
-    ctx.save_for_backward(qkv, rel_pos_bias)
-    ctx.args = (heads, window, shifted)
-
-
-def _backward(ctx, grad):
-    qkv, rel_pos_bias = ctx.saved_tensors
-    heads, window, shifted = ctx.args
-    dqkv, dbias = torch.ops.mambaic.window_attention_bwd_triton(grad.contiguous(), qkv, rel_pos_bias,
-                                                                heads, window, shifted)
-    return dqkv, dbias, None, None, None
-
-
-torch.library.register_autograd("mambaic::window_attention_fwd_triton", _backward, setup_context=_setup_context)
+register_backward("mambaic::window_attention_fwd_triton", torch.ops.mambaic.window_attention_bwd_triton)
 
 
 def window_attention(qkv, rel_pos_bias, heads, window, shifted):

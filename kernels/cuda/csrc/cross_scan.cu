@@ -13,22 +13,14 @@
 // a fixed order: bit-identical from run to run. Offsets are 64-bit: a 4K map's four directions pass
 // 2^31 elements.
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include "cross_scan.h"
+#include "element.cuh"
 
 namespace mambaic {
 namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T> __device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
-template <> __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_float(float v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
 
 // Tile sides per layout: channels-first tiles one plane (runs of 64 along w, 32 along h);
 // channels-last tiles 16 channels (runs of 16 along c) of 16 x 16 positions.
@@ -167,15 +159,6 @@ void launch(const void* src, void* dst, const CrossShape& s, cudaStream_t stream
   }
 }
 
-template <bool kMerge>
-void launch_element(const void* src, void* dst, const CrossShape& s, Element element, cudaStream_t stream) {
-  switch (element) {
-    case Element::kFloat32: return launch<float, kMerge>(src, dst, s, stream);
-    case Element::kFloat16: return launch<__half, kMerge>(src, dst, s, stream);
-    case Element::kBFloat16: return launch<__nv_bfloat16, kMerge>(src, dst, s, stream);
-  }
-}
-
 }  // namespace
 
 const char* cross_unsupported(const CrossShape& shape) {
@@ -185,11 +168,11 @@ const char* cross_unsupported(const CrossShape& shape) {
 }
 
 void cross_scan_launch(const void* x, void* out, const CrossShape& shape, Element element, cudaStream_t stream) {
-  launch_element<false>(x, out, shape, element, stream);
+  with_element(element, [&](auto t) { launch<decltype(t), false>(x, out, shape, stream); });
 }
 
 void cross_merge_launch(const void* y, void* out, const CrossShape& shape, Element element, cudaStream_t stream) {
-  launch_element<true>(y, out, shape, element, stream);
+  with_element(element, [&](auto t) { launch<decltype(t), true>(y, out, shape, stream); });
 }
 
 }  // namespace mambaic

@@ -5,9 +5,9 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 
-namespace mambaic {
+#include "element.h"
 
-enum class Element { kFloat32, kFloat16, kBFloat16 };
+namespace mambaic {
 
 // The map's sizes; x / out of cross_scan and y / out of cross_merge are contiguous.
 struct CrossShape {

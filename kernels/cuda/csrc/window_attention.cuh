@@ -19,9 +19,7 @@
 
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+#include "element.cuh"
 #include "window_attention.h"
 
 namespace mambaic {
@@ -30,12 +28,6 @@ namespace attention {
 constexpr int kTokens = kMaxWindow * kMaxWindow;  // threads per block
 constexpr int kBins = (2 * kMaxWindow - 1) * (2 * kMaxWindow - 1);
 
-template <typename T> __device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
-template <> __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_float(float v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
 
 // Where this block's window and head lie, and this thread's token.
 struct Window {

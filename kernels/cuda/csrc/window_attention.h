@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 
-#include "cross_scan.h"  // Element
+#include "element.h"
 
 namespace mambaic {
 

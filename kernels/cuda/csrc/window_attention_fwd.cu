@@ -79,11 +79,7 @@ void window_attention_fwd_launch(const WindowAttentionParams& p, cudaStream_t st
   const int64_t blocks = p.batch * (p.height / p.window) * (p.width / p.window) * p.heads;
   if (blocks == 0) return;
   const auto n = static_cast<unsigned>(blocks);
-  switch (p.element) {
-    case Element::kFloat32: return attention::launch<float>(p, n, stream);
-    case Element::kFloat16: return attention::launch<__half>(p, n, stream);
-    case Element::kBFloat16: return attention::launch<__nv_bfloat16>(p, n, stream);
-  }
+  with_element(p.element, [&](auto t) { attention::launch<decltype(t)>(p, n, stream); });
 }
 
 }  // namespace mambaic
