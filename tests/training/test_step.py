@@ -81,6 +81,12 @@ def test_graphed_forward_backward_equals_eager(backend):
                 _, again = eager_pass(x)
                 got = graphed(x)
                 torch.testing.assert_close(got["loss"], want_loss, rtol=0, atol=0)
+                # The atomics' noise reaches every gradient upstream of the scans, and a gradient that
+                # nearly cancels carries it at a large relative size: a floor of 1e-7 of the largest
+                # gradient's norm (the H100 run of 2026-12-07 saw 2.7e-13, against 2.5e-14 eager to
+                # eager, on a gradient of norm 9.2e-10), far below what a stale or misplaced gradient
+                # is off by (its own size, or another parameter's)
+                floor = 1e-7 * max(g.norm().item() for g in want if g is not None)
                 for name, p, g, g2 in zip(names, params, want, again):
                     if g is None:
                         assert p.grad is None, name
@@ -88,8 +94,8 @@ def test_graphed_forward_backward_equals_eager(backend):
                     noise = (g - g2).norm().item()  # eager against eager
                     off = (p.grad - g).norm().item()
                     # 1e-4 of the norm: the H200 run of 2026-11-30 saw 2.2e-5 (against 4.5e-6 eager to
-                    # eager) on a gradient of norm 8e-5; a stale or misplaced gradient is off by O(1)
-                    assert off <= max(1e-4 * g.norm().item(), 10 * noise), (
+                    # eager) on a gradient of norm 8e-5
+                    assert off <= max(1e-4 * g.norm().item(), 10 * noise, floor), (
                         f"{name}: |graphed - eager| = {off:.3g}, |eager - eager| = {noise:.3g}, |eager| = {g.norm():.3g}")
                 grads = [p.grad for p in params]
             graphed(_batch(3, (2, 3, 128, 256)).cuda())
