@@ -39,9 +39,12 @@ CHOICES = BACKENDS + ("auto",)
 # Fastest first, per device type: `auto` takes the first backend that accepts the call. Triton on
 # CPU tensors is its interpreter (for tests), never the fastest, so auto does not pick it there.
 AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
-# Ops whose order differs, with the measured reason. cross_scan / cross_merge (H100, 2026-12-07,
-# bench/RESULTS.md): the cuda merge forward is 3-12% slower than Triton's, so auto keeps Triton's.
-# window_attention: the cuda kernels are new and not yet benchmarked on a GPU.
+# Ops whose order differs, with the measured reason (H100, 2026-12-07, bench/RESULTS.md):
+# cross_scan / cross_merge: the cuda merge forward is 5-17% slower than Triton's (scalar loads
+# against Triton's 16-byte vectors), though the cuda scan is 1.7-3.7x faster; window_attention: the
+# cuda forward takes 0.105 ms of GPU time on the 2K latent against Triton's 0.021 (one thread per
+# token re-reads every key from shared memory; Triton's tile matmuls do not). Auto keeps Triton for
+# both.
 AUTO_ORDER_BY_OP = {
     "cross_scan": {"cuda": ("triton", "cuda", "torch")},
     "cross_merge": {"cuda": ("triton", "cuda", "torch")},
