@@ -52,6 +52,23 @@ def test_auto_picks_an_available_backend(monkeypatch):
     assert mk.cross_scan(x).shape == (1, 4, 2, 12)
 
 
+def test_auto_order_is_per_op_where_measured(monkeypatch):
+    """On CUDA tensors auto prefers cuda for the scans and triton for the ops whose cuda kernels
+    measured slower (AUTO_ORDER_BY_OP), with every backend able to take the call (stand-ins)."""
+    monkeypatch.delenv("MAMBAIC_BACKEND", raising=False)
+    monkeypatch.setattr(_backend, "_load", lambda backend: None)
+    for op in _backend.OPS:
+        table = {b: _backend.Implementation(fn=lambda *a: None, supports=lambda **meta: None)
+                 for b in ("cuda", "triton", "torch")}
+        monkeypatch.setitem(_backend._registry, op, table)
+    picked = {op: _backend._choose(op, device="cuda", dtype=torch.float32) for op in _backend.OPS}
+    assert picked == {"cross_scan": "triton", "cross_merge": "triton", "window_attention": "triton",
+                      "selective_scan": "cuda", "ss2d_core": "cuda"}
+    assert _backend.auto_order("window_attention", "cpu") == _backend.AUTO_ORDER["cpu"]  # CPU: no exception
+    with mk.use_backend("cuda"):  # an explicit request still gets cuda
+        assert _backend._choose("window_attention", device="cuda", dtype=torch.float32) == "cuda"
+
+
 def test_info_reports_every_backend(capsys):
     from mambaic.cli.main import main
 
