@@ -19,11 +19,16 @@ from . import _ext, supports_device
 _MAX_WINDOW, _MAX_HEAD_DIM = 8, 32  # csrc/window_attention.h: kMaxWindow, kMaxHeadDim
 
 
+def _table32(rel_pos_bias: torch.Tensor) -> torch.Tensor:
+    """The bias table as the kernels read it: float32, contiguous (a no-op for the model's own)."""
+    return rel_pos_bias.float().contiguous()
+
+
 @torch.library.custom_op("mambaic::window_attention_fwd_cuda", mutates_args=())
 def window_attention_fwd_cuda(qkv: torch.Tensor, rel_pos_bias: torch.Tensor, heads: int, window: int,
                               shifted: bool) -> torch.Tensor:
     """(batch, H, W, dim) from qkv (batch, H, W, 3 dim), in qkv's dtype."""
-    return _ext.window_attention_fwd(qkv, rel_pos_bias.float().contiguous(), heads, window, shifted)
+    return _ext.window_attention_fwd(qkv, _table32(rel_pos_bias), heads, window, shifted)
 
 
 @window_attention_fwd_cuda.register_fake
@@ -36,7 +41,7 @@ def _(qkv, rel_pos_bias, heads, window, shifted):
 def window_attention_bwd_cuda(grad: torch.Tensor, qkv: torch.Tensor, rel_pos_bias: torch.Tensor, heads: int,
                               window: int, shifted: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(d qkv in qkv's dtype, d rel_pos_bias in its dtype)."""
-    dqkv, parts = _ext.window_attention_bwd(grad.to(qkv.dtype).contiguous(), qkv, rel_pos_bias.float().contiguous(),
+    dqkv, parts = _ext.window_attention_bwd(grad.to(qkv.dtype).contiguous(), qkv, _table32(rel_pos_bias),
                                             heads, window, shifted)
     return dqkv, parts.sum(0).to(rel_pos_bias.dtype)
 
@@ -52,7 +57,7 @@ register_backward("mambaic::window_attention_fwd_cuda", window_attention_bwd_cud
 def window_attention(qkv, rel_pos_bias, heads, window, shifted):
     """The backend entry point registered with _backend (arguments already checked)."""
     if direct_launch_ok(qkv, rel_pos_bias):
-        return _ext.window_attention_fwd(qkv, rel_pos_bias.float().contiguous(), heads, window, shifted)
+        return _ext.window_attention_fwd(qkv, _table32(rel_pos_bias), heads, window, shifted)
     return torch.ops.mambaic.window_attention_fwd_cuda(qkv, rel_pos_bias, heads, window, shifted)
 
 

@@ -1,6 +1,7 @@
 // Torch bindings of the CUDA kernels: argument checks, the parameter struct (strides in
 // elements), the current stream. The Python side (kernels/cuda/) registers the ops, their fake
-// kernels and autograd; it passes float32 tensors, casting other dtypes.
+// kernels and autograd. The scans take float32 tensors (the Python side casts other dtypes); the
+// cross ops and window attention take float32, float16 and bfloat16 as they come.
 
 #include <cmath>
 
@@ -284,7 +285,7 @@ mambaic::CrossShape cross_shape(int64_t batch, int64_t channels, int64_t height,
   return shape;
 }
 
-void check_cross_tensor(const at::Tensor& t, const char* name, int64_t dims) {
+void check_cuda_tensor(const at::Tensor& t, const char* name, int64_t dims) {
   TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
   TORCH_CHECK(t.dim() == dims, name, " must have ", dims, " dimensions, got shape ", t.sizes());
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
@@ -292,7 +293,7 @@ void check_cross_tensor(const at::Tensor& t, const char* name, int64_t dims) {
 
 // (batch, 4, C, H W) from the map x, (batch, C, H, W) or, channel_last, (batch, H, W, C).
 at::Tensor cross_scan(const at::Tensor& x, bool channel_last) {
-  check_cross_tensor(x, "x", 4);
+  check_cuda_tensor(x, "x", 4);
   const auto element = element_of(x, "x");
   const int64_t batch = x.size(0), channels = x.size(channel_last ? 3 : 1);
   const int64_t height = x.size(channel_last ? 1 : 2), width = x.size(channel_last ? 2 : 3);
@@ -307,7 +308,7 @@ at::Tensor cross_scan(const at::Tensor& x, bool channel_last) {
 // The map (batch, C, H, W) or, channel_last, (batch, H, W, C) from y (batch, 4, C, H, W): the sum of
 // the four directions, each put back in row-major order.
 at::Tensor cross_merge(const at::Tensor& y, bool channel_last) {
-  check_cross_tensor(y, "y", 5);
+  check_cuda_tensor(y, "y", 5);
   TORCH_CHECK(y.size(1) == 4, "y must have 4 directions in dimension 1, got shape ", y.sizes());
   const auto element = element_of(y, "y");
   const int64_t batch = y.size(0), channels = y.size(2), height = y.size(3), width = y.size(4);
@@ -322,7 +323,7 @@ at::Tensor cross_merge(const at::Tensor& y, bool channel_last) {
 // The parameters of both window attention kernels, checked; out / dout / dtable_parts left unset.
 mambaic::WindowAttentionParams attention_params(const at::Tensor& qkv, const at::Tensor& table, int64_t heads,
                                                 int64_t window, bool shifted) {
-  check_cross_tensor(qkv, "qkv", 4);
+  check_cuda_tensor(qkv, "qkv", 4);
   check_cuda_fp32(table, "rel_pos_bias");
   TORCH_CHECK(table.is_contiguous(), "rel_pos_bias must be contiguous");
   TORCH_CHECK(heads > 0 && qkv.size(3) % (3 * heads) == 0, "qkv's last dimension must be 3 * heads * head_dim, got ",
@@ -356,7 +357,7 @@ at::Tensor window_attention_fwd(const at::Tensor& qkv, const at::Tensor& table, 
 std::vector<at::Tensor> window_attention_bwd(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& table,
                                              int64_t heads, int64_t window, bool shifted) {
   auto p = attention_params(qkv, table, heads, window, shifted);
-  check_cross_tensor(dout, "dout", 4);
+  check_cuda_tensor(dout, "dout", 4);
   TORCH_CHECK(dout.scalar_type() == qkv.scalar_type(), "dout must have qkv's dtype ", qkv.scalar_type(), ", got ",
               dout.scalar_type());
   check_shape(dout, "dout", {qkv.size(0), qkv.size(1), qkv.size(2), qkv.size(3) / 3});
