@@ -7,8 +7,9 @@
 // shifted map's last window row, tokens on opposite sides of ti = w - w/2 do not attend to each
 // other (the official generate_mask), and the same for columns.
 //
-// Forward, thread i: its q row in registers, the window's K and V rows of the head in shared
-// memory, the 64 scores in registers, softmax, the output row. One fixed order of every sum:
+// Forward, four threads per query token (each every fourth key): the q row in registers, the
+// window's K and V rows of the head in shared memory (read as float4), 16 scores per thread,
+// softmax and the output row combined across the four by shuffles. One fixed order of every sum:
 // bit-identical from run to run.
 //
 // Backward, thread i: P's row again (no statistics saved), dP_ij = dO_i . v_j,
@@ -33,17 +34,17 @@ constexpr int kBins = (2 * kMaxWindow - 1) * (2 * kMaxWindow - 1);
 struct Window {
   int64_t b, wr, wc;  // image, window row and column
   int head, n_rows, n_cols, w, tokens;
-  int ti, tj;         // this thread's token in the window (valid when threadIdx.x < tokens)
+  int token, ti, tj;  // this thread's token in the window (valid when token < tokens)
   int64_t token_offset;  // the token's (b, row, col) * channels offset in qkv / out's channels-last layout
 
-  __device__ Window(const WindowAttentionParams& p) {
+  __device__ Window(const WindowAttentionParams& p, int thread_token) : token(thread_token) {
     w = p.window, tokens = w * w;
     n_rows = static_cast<int>(p.height / w), n_cols = static_cast<int>(p.width / w);
     int64_t i = blockIdx.x;
     head = static_cast<int>(i % p.heads), i /= p.heads;
     wc = i % n_cols, i /= n_cols;
     wr = i % n_rows, b = i / n_rows;
-    ti = threadIdx.x / w, tj = threadIdx.x % w;
+    ti = token / w, tj = token % w;
     token_offset = offset_of(p, ti, tj);
   }
   // (b, row, col) of token (ti, tj) in the map, flattened

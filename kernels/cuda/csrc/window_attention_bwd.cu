@@ -23,7 +23,7 @@ __global__ void __launch_bounds__(kTokens) window_attention_bwd_kernel(WindowAtt
   float* bias = smem + S::kBias;
   float* matrix = smem + S::kMatrix;  // P, then dS
   auto row = [&](int base, int token) { return smem + base + token * S::kRow; };
-  const Window win(p);
+  const Window win(p, threadIdx.x);
   const T* qkv = static_cast<const T*>(p.qkv);
   const T* dout = static_cast<const T*>(p.dout);
   T* dqkv = static_cast<T*>(p.out);

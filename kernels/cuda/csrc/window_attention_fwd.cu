@@ -6,61 +6,94 @@ namespace mambaic {
 namespace attention {
 namespace {
 
+constexpr int kSplit = 4;                     // threads per query token, each taking every 4th key
+constexpr int kFwdThreads = kTokens * kSplit;  // 256
+
+// Thread t serves query token t / 4 and keys j = t % 4, t % 4 + 4, ...: 16 scores in registers, not
+// 64, so that a block holds 256 threads with few registers each; the four threads of a token are
+// adjacent lanes and combine their max, sum and output rows with shuffles in a fixed order.
 template <typename T, int kHD>
-__global__ void __launch_bounds__(kTokens) window_attention_fwd_kernel(WindowAttentionParams p) {
-  __shared__ float keys[kTokens][kHD + 1], values[kTokens][kHD + 1], bias[kBins];
-  const Window win(p);
+__global__ void __launch_bounds__(kFwdThreads, kHD <= 16 ? 3 : 2) window_attention_fwd_kernel(WindowAttentionParams p) {
+  static_assert(kHD % 4 == 0, "rows are read as float4");
+  constexpr int kKeys = kTokens / kSplit;
+  __shared__ __align__(16) float keys[kTokens][kHD], values[kTokens][kHD];
+  __shared__ float bias[kBins];
+  const Window win(p, threadIdx.x / kSplit);
+  const int part = threadIdx.x % kSplit;
   const T* qkv = static_cast<const T*>(p.qkv);
   const int side = 2 * win.w - 1, bins = side * side;
   for (int i = threadIdx.x; i < bins; i += blockDim.x) bias[i] = p.table[win.head * bins + i];
-  const bool active = threadIdx.x < win.tokens;
+  const bool active = win.token < win.tokens;
   float q[kHD];
   if (active) {
     load_row<T, kHD>(qkv, p, win.token_offset, 0, win.head, q);
-    load_row<T, kHD>(qkv, p, win.token_offset, 1, win.head, keys[threadIdx.x]);
-    load_row<T, kHD>(qkv, p, win.token_offset, 2, win.head, values[threadIdx.x]);
+    if (part == 0) load_row<T, kHD>(qkv, p, win.token_offset, 1, win.head, keys[win.token]);
+    if (part == 1) load_row<T, kHD>(qkv, p, win.token_offset, 2, win.head, values[win.token]);
+  } else {
+#pragma unroll
+    for (int d = 0; d < kHD; ++d) q[d] = 0.f;  // a token past the window: computed, never stored
   }
   __syncthreads();
-  if (!active) return;
 
-  float score[kTokens];  // q . k_j * scale + bias, then exp(score - max)
+  float score[kKeys];
   float top = -INFINITY;
 #pragma unroll
-  for (int j = 0; j < kTokens; ++j) {
+  for (int jj = 0; jj < kKeys; ++jj) {
+    const int j = jj * kSplit + part;
+    score[jj] = -INFINITY;
     if (j < win.tokens) {
       const int ki = j / win.w, kj = j % win.w;
+      const float4* k = reinterpret_cast<const float4*>(keys[j]);
       float dot = 0.f;
 #pragma unroll
-      for (int d = 0; d < kHD; ++d) dot += d < p.head_dim ? q[d] * keys[j][d] : 0.f;
+      for (int d = 0; d < kHD / 4; ++d) {
+        const float4 kd = k[d];
+        dot += q[4 * d] * kd.x + q[4 * d + 1] * kd.y + q[4 * d + 2] * kd.z + q[4 * d + 3] * kd.w;
+      }
       const float s = dot * p.scale + bias[(win.ti - ki + win.w - 1) * side + win.tj - kj + win.w - 1];
-      score[j] = win.masked(p, ki, kj) ? -INFINITY : s;
-      top = fmaxf(top, score[j]);
+      score[jj] = win.masked(p, ki, kj) ? -INFINITY : s;
+      top = fmaxf(top, score[jj]);
     }
   }
+  top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, 1));
+  top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, 2));  // the token sees itself: finite
   float total = 0.f, o[kHD] = {};
 #pragma unroll
-  for (int j = 0; j < kTokens; ++j) {
+  for (int jj = 0; jj < kKeys; ++jj) {
+    const int j = jj * kSplit + part;
     if (j < win.tokens) {
-      const float e = expf(score[j] - top);  // the token itself is never masked: top is finite
+      const float e = expf(score[jj] - top);
       total += e;
+      const float4* v = reinterpret_cast<const float4*>(values[j]);
 #pragma unroll
-      for (int d = 0; d < kHD; ++d) o[d] += e * values[j][d];
+      for (int d = 0; d < kHD / 4; ++d) {
+        const float4 vd = v[d];
+        o[4 * d] += e * vd.x, o[4 * d + 1] += e * vd.y, o[4 * d + 2] += e * vd.z, o[4 * d + 3] += e * vd.w;
+      }
     }
   }
+  total += __shfl_xor_sync(0xffffffffu, total, 1);
+  total += __shfl_xor_sync(0xffffffffu, total, 2);
+#pragma unroll
+  for (int d = 0; d < kHD; ++d) {
+    o[d] += __shfl_xor_sync(0xffffffffu, o[d], 1);
+    o[d] += __shfl_xor_sync(0xffffffffu, o[d], 2);
+  }
+  if (!active) return;
   const int dim = p.heads * p.head_dim;
   T* out = static_cast<T*>(p.out) + win.token_offset * dim + win.head * p.head_dim;
   const float inv = 1.f / total;
 #pragma unroll
-  for (int d = 0; d < kHD; ++d)
-    if (d < p.head_dim) out[d] = from_float<T>(o[d] * inv);
+  for (int d = 0; d < kHD; ++d)  // each of the four threads stores a quarter of the row
+    if (d % kSplit == part && d < p.head_dim) out[d] = from_float<T>(o[d] * inv);
 }
 
 template <typename T>
 void launch(const WindowAttentionParams& p, unsigned blocks, cudaStream_t stream) {
   if (p.head_dim <= 16)
-    window_attention_fwd_kernel<T, 16><<<blocks, kTokens, 0, stream>>>(p);
+    window_attention_fwd_kernel<T, 16><<<blocks, kFwdThreads, 0, stream>>>(p);
   else
-    window_attention_fwd_kernel<T, kMaxHeadDim><<<blocks, kTokens, 0, stream>>>(p);
+    window_attention_fwd_kernel<T, kMaxHeadDim><<<blocks, kFwdThreads, 0, stream>>>(p);
 }
 
 }  // namespace
