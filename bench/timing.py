@@ -45,6 +45,20 @@ def cuda_graph_times(fn, iters: int = 20, budget_s: float = 2.0) -> list[float] 
     return cuda_event_times(graph.replay, warmup=2, iters=iters, budget_s=budget_s)
 
 
+def kernel_ms(fn, iters: int = 5) -> float:
+    """Milliseconds of GPU kernels per ``fn()`` call, summed from torch.profiler's device events:
+    GPU time without the host's launch gaps, for calls that a CUDA graph cannot capture (a
+    backward pass). ``fn`` should be warm."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in prof.key_averages()) / iters / 1e3
+
+
 def quantiles(times: list[float]) -> dict:
     q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
     return {"p20_ms": q[1], "p50_ms": statistics.median(times), "p80_ms": q[7], "runs": len(times)}
