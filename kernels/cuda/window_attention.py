@@ -1,9 +1,9 @@
 """`cuda` backend of window_attention: the kernels of csrc/window_attention_{fwd,bwd}.cu, one block
-per (image, window, head) and one thread per token (the algorithm: csrc/window_attention.cuh).
+per (image, window, head) and four threads per token (the algorithm: csrc/window_attention.cuh).
 
 float32 / float16 / bfloat16 qkv, float32 arithmetic; the bias table is passed as float32 and its
 gradient comes back as one partial per (image, window), summed here in a fixed order. Windows up
-to 8 x 8 and head_dim up to 32 (a row of scores, q, dO and dq in registers); other calls go to the
+to 8 x 8 and head_dim up to 32 (a quarter of a row of scores, q, dO and dq in registers); other calls go to the
 next backend under auto, or fail with that reason when cuda is asked for.
 """
 

@@ -1,5 +1,5 @@
-// Swin-style window attention, one block per (image, window, head) and one thread per token of the
-// window (w*w <= 64), float32 arithmetic whatever the input dtype.
+// Swin-style window attention, one block per (image, window, head) and four threads per token of
+// the window (w*w <= 64), float32 arithmetic whatever the input dtype.
 //
 // Token t = (ti, tj) of window (wr, wc) sits at (wr w + ti + s) mod H, (wc w + tj + s) mod W) of the
 // map, s = w/2 when shifted, else 0: the cyclic shift and the window partition are index
@@ -12,11 +12,12 @@
 // softmax and the output row combined across the four by shuffles. One fixed order of every sum:
 // bit-identical from run to run.
 //
-// Backward, thread i: P's row again (no statistics saved), dP_ij = dO_i . v_j,
-// dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij), dq_i = scale sum_j dS_ij k_j; P and dS go to shared memory,
-// where thread j then sums its column: dk_j = scale sum_i dS_ij q_i, dv_j = sum_i P_ij dO_i. Every
-// element of d qkv has one owner: no atomics. d table: thread b sums dS over the token pairs of
-// bin b (a fixed order), one partial per block, summed over the blocks by the caller.
+// Backward, the same four threads per token: P's row again (no statistics saved), over each
+// thread's keys: dP_ij = dO_i . v_j, dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij), dq_i = scale sum_j
+// dS_ij k_j (sums over the four by shuffles). P and dS go to shared memory, whose columns then
+// give dk_j = scale sum_i dS_ij q_i and dv_j = sum_i P_ij dO_i, a quarter of the head_dim per
+// thread. Every element of d qkv has one owner: no atomics. d table: thread b sums dS over the
+// token pairs of bin b (a fixed order), one partial per block, summed over the blocks by the caller.
 
 #pragma once
 
@@ -26,7 +27,8 @@
 namespace mambaic {
 namespace attention {
 
-constexpr int kTokens = kMaxWindow * kMaxWindow;  // threads per block
+constexpr int kTokens = kMaxWindow * kMaxWindow;
+constexpr int kSplit = 4;  // threads per token (adjacent lanes), each taking every fourth key
 constexpr int kBins = (2 * kMaxWindow - 1) * (2 * kMaxWindow - 1);
 
 

@@ -9,7 +9,7 @@
 
 namespace mambaic {
 
-constexpr int kMaxWindow = 8;    // w*w <= 64 tokens: one thread per token, a row of scores in registers
+constexpr int kMaxWindow = 8;    // w*w <= 64 tokens: four threads per token, 16 scores each in registers
 constexpr int kMaxHeadDim = 32;  // q, dO and dq rows in registers
 
 struct WindowAttentionParams {

@@ -6,7 +6,6 @@ namespace mambaic {
 namespace attention {
 namespace {
 
-constexpr int kSplit = 4;                     // threads per query token, each taking every 4th key
 constexpr int kFwdThreads = kTokens * kSplit;  // 256
 
 // Thread t serves query token t / 4 and keys j = t % 4, t % 4 + 4, ...: 16 scores in registers, not
