@@ -32,31 +32,28 @@ constexpr int kSplit = 4;  // threads per token (adjacent lanes), each taking ev
 constexpr int kBins = (2 * kMaxWindow - 1) * (2 * kMaxWindow - 1);
 
 
-// Where this block's window and head lie, and this thread's token. 32-bit index arithmetic (the
-// block index, the map's sides and the window counts fit: window_attention_unsupported checks),
-// 64-bit only for the flattened offsets; a 64-bit division costs more than a window's scores.
+// Where this block's window and head lie, and this thread's token.
 struct Window {
-  int b, wr, wc;  // image, window row and column
-  int head, n_rows, n_cols, w, tokens, height, width, shift;
+  int64_t b, wr, wc;  // image, window row and column
+  int head, n_rows, n_cols, w, tokens;
   int token, ti, tj;  // this thread's token in the window (valid when token < tokens)
   int64_t token_offset;  // the token's (b, row, col) * channels offset in qkv / out's channels-last layout
 
   __device__ Window(const WindowAttentionParams& p, int thread_token) : token(thread_token) {
     w = p.window, tokens = w * w;
-    height = static_cast<int>(p.height), width = static_cast<int>(p.width), shift = p.shifted ? w / 2 : 0;
-    n_rows = height / w, n_cols = width / w;
-    unsigned i = blockIdx.x;
-    head = static_cast<int>(i % static_cast<unsigned>(p.heads)), i /= static_cast<unsigned>(p.heads);
-    wc = static_cast<int>(i % static_cast<unsigned>(n_cols)), i /= static_cast<unsigned>(n_cols);
-    wr = static_cast<int>(i % static_cast<unsigned>(n_rows)), b = static_cast<int>(i / static_cast<unsigned>(n_rows));
+    n_rows = static_cast<int>(p.height / w), n_cols = static_cast<int>(p.width / w);
+    int64_t i = blockIdx.x;
+    head = static_cast<int>(i % p.heads), i /= p.heads;
+    wc = i % n_cols, i /= n_cols;
+    wr = i % n_rows, b = i / n_rows;
     ti = token / w, tj = token % w;
-    token_offset = offset_of(ti, tj);
+    token_offset = offset_of(p, ti, tj);
   }
-  // (b, row, col) of token (ti, tj) in the map, flattened; the shift wraps at most once
-  __device__ int64_t offset_of(int ti_, int tj_) const {
-    int r = wr * w + ti_ + shift, c = wc * w + tj_ + shift;
-    r -= r >= height ? height : 0, c -= c >= width ? width : 0;
-    return (static_cast<int64_t>(b) * height + r) * width + c;
+  // (b, row, col) of token (ti, tj) in the map, flattened
+  __device__ int64_t offset_of(const WindowAttentionParams& p, int ti_, int tj_) const {
+    const int s = p.shifted ? w / 2 : 0;
+    const int64_t r = (wr * w + ti_ + s) % p.height, c = (wc * w + tj_ + s) % p.width;
+    return (b * p.height + r) * p.width + c;
   }
   // True where the shifted-window mask forbids query (ti, tj) to see key (ki, kj).
   __device__ bool masked(const WindowAttentionParams& p, int ki, int kj) const {
@@ -64,15 +61,7 @@ struct Window {
     const int s = w - w / 2;
     return (wr == n_rows - 1 && ((ti < s) != (ki < s))) || (wc == n_cols - 1 && ((tj < s) != (kj < s)));
   }
-  // The bias table's bin of query (ti, tj) and key (ki, kj).
-  __device__ int bin(int ki, int kj) const { return (ti - ki + w - 1) * (2 * w - 1) + tj - kj + w - 1; }
 };
-
-// (ki, kj) of every key j of the window, packed as ki << 8 | kj, so that the score loops read one
-// shared word per key instead of dividing by a runtime window side.
-__device__ __forceinline__ void fill_key_coords(int* coords, int w) {
-  for (int j = threadIdx.x; j < w * w; j += blockDim.x) coords[j] = (j / w) << 8 | (j % w);
-}
 
 // Head `head`'s q (part 0), k (1) or v (2) row of the token at map offset `token` into dst[0, kHD),
 // zero past head_dim (dst is registers or a shared-memory row: the loop has a constant trip count).

@@ -55,8 +55,6 @@ __global__ void __launch_bounds__(kBwdThreads) window_attention_bwd_kernel(Windo
   const int side = 2 * win.w - 1, bins = side * side, dim = p.heads * p.head_dim;
   const bool active = me < win.tokens;
   for (int i = threadIdx.x; i < bins; i += blockDim.x) bias[i] = p.table[win.head * bins + i];
-  __shared__ int coords[kTokens];
-  fill_key_coords(coords, win.w);
   {  // the token's four rows, one per thread; zeros for a token past the window
     const int base = part == 0 ? S::kQ : part == 1 ? S::kK : part == 2 ? S::kV : S::kDout;
     float* dst = row(base, me);
@@ -85,9 +83,9 @@ __global__ void __launch_bounds__(kBwdThreads) window_attention_bwd_kernel(Windo
       const int j = jj * kSplit + part;
       prob[jj] = -INFINITY, dp[jj] = 0.f;
       if (j < win.tokens) {
-        const int ki = coords[j] >> 8, kj = coords[j] & 0xff;
+        const int ki = j / win.w, kj = j % win.w;
         const float s = dot_row<kHD>(q, row(S::kK, j)) * p.scale +
-                        bias[win.bin(ki, kj)];
+                        bias[(win.ti - ki + win.w - 1) * side + win.tj - kj + win.w - 1];
         prob[jj] = win.masked(p, ki, kj) ? -INFINITY : s;
         top = fmaxf(top, prob[jj]);
         dp[jj] = dot_row<kHD>(g, row(S::kV, j));

@@ -15,16 +15,13 @@ template <typename T, int kHD>
 __global__ void __launch_bounds__(kFwdThreads, kHD <= 16 ? 3 : 2) window_attention_fwd_kernel(WindowAttentionParams p) {
   static_assert(kHD % 4 == 0, "rows are read as float4");
   constexpr int kKeys = kTokens / kSplit;
-  // rows kHD + 4 floats apart: the four keys a quarter-warp reads as float4 fall in different banks
-  __shared__ __align__(16) float keys[kTokens][kHD + 4], values[kTokens][kHD + 4];
+  __shared__ __align__(16) float keys[kTokens][kHD], values[kTokens][kHD];
   __shared__ float bias[kBins];
-  __shared__ int coords[kTokens];
   const Window win(p, threadIdx.x / kSplit);
   const int part = threadIdx.x % kSplit;
   const T* qkv = static_cast<const T*>(p.qkv);
   const int side = 2 * win.w - 1, bins = side * side;
   for (int i = threadIdx.x; i < bins; i += blockDim.x) bias[i] = p.table[win.head * bins + i];
-  fill_key_coords(coords, win.w);
   const bool active = win.token < win.tokens;
   float q[kHD];
   if (active) {
@@ -44,7 +41,7 @@ __global__ void __launch_bounds__(kFwdThreads, kHD <= 16 ? 3 : 2) window_attenti
     const int j = jj * kSplit + part;
     score[jj] = -INFINITY;
     if (j < win.tokens) {
-      const int ki = coords[j] >> 8, kj = coords[j] & 0xff;
+      const int ki = j / win.w, kj = j % win.w;
       const float4* k = reinterpret_cast<const float4*>(keys[j]);
       float dot = 0.f;
 #pragma unroll
@@ -52,7 +49,7 @@ __global__ void __launch_bounds__(kFwdThreads, kHD <= 16 ? 3 : 2) window_attenti
         const float4 kd = k[d];
         dot += q[4 * d] * kd.x + q[4 * d + 1] * kd.y + q[4 * d + 2] * kd.z + q[4 * d + 3] * kd.w;
       }
-      const float s = dot * p.scale + bias[win.bin(ki, kj)];
+      const float s = dot * p.scale + bias[(win.ti - ki + win.w - 1) * side + win.tj - kj + win.w - 1];
       score[jj] = win.masked(p, ki, kj) ? -INFINITY : s;
       top = fmaxf(top, score[jj]);
     }
@@ -105,7 +102,6 @@ const char* window_attention_unsupported(const WindowAttentionParams& p) {
   if (p.window < 1 || p.window > kMaxWindow) return "the cuda window_attention kernels take window <= 8";
   if (p.head_dim < 1 || p.head_dim > kMaxHeadDim) return "the cuda window_attention kernels take head_dim <= 32";
   if (p.height % p.window || p.width % p.window) return "H and W must be multiples of the window";
-  if (p.height > INT32_MAX || p.width > INT32_MAX) return "the cuda window_attention kernels take H and W below 2^31";
   if (p.batch * (p.height / p.window) * (p.width / p.window) * p.heads > (int64_t{1} << 31) - 1)
     return "more (window, head) pairs than one launch takes (2^31 - 1 blocks)";
   return "";
