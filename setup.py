@@ -13,9 +13,16 @@ PACKAGES += ["mambaic"] + [f"mambaic.{p}" for p in find_packages("mambaic")]
 
 ext_modules, cmdclass = [], {}
 if os.environ.get("MAMBAIC_BUILD_CUDA") == "1":
-    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+    except ImportError:  # pip's isolated build environment holds setuptools alone
+        raise SystemExit(
+            "MAMBAIC_BUILD_CUDA=1 builds against the PyTorch you run, which this build environment does not "
+            "have: install torch first, then run `MAMBAIC_BUILD_CUDA=1 pip install --no-build-isolation -e .`"
+        ) from None
 
-    archs = runpy.run_path("kernels/cuda_build.py")["ARCHS"]
+    build = runpy.run_path("kernels/cuda_build.py")
+    archs = build["ARCHS"]
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", ";".join(archs))  # BuildExtension turns it into -gencode flags
     csrc = Path("kernels/cuda/csrc")
     sources = sorted(str(p) for p in csrc.rglob("*.cpp")) + sorted(str(p) for p in csrc.rglob("*.cu"))
@@ -25,6 +32,7 @@ if os.environ.get("MAMBAIC_BUILD_CUDA") == "1":
         CUDAExtension(
             "mambaic_kernels._cuda",
             sources=sources,
+            include_dirs=build["library_include_dirs"](),
             extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
         )
     )

@@ -10,6 +10,7 @@ Standard library only: setup.py reads ARCHS before the package is installed.
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import shutil
@@ -18,9 +19,30 @@ ARCHS = ("8.0", "9.0")  # Ampere (A100), Hopper (H100, H200); sm_90 adds 16-byte
 JIT_NAME = "mambaic_cuda_kernels"  # the first-use build's name in the extension cache
 
 
+def cuda_home() -> str:
+    return os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+
+
+def library_include_dirs() -> list[str]:
+    """Where the CUDA libraries' headers (cuBLAS, cuSPARSE, cuSOLVER) are, when the CUDA toolkit
+    lacks them: PyTorch's CUDA headers include them, and a toolkit installed with nvcc alone (as on
+    our CI machine) stops the build at ``cusparse.h``. PyTorch's pip wheels bring them under
+    ``site-packages/nvidia`` (``cu13/include`` for CUDA 13, a folder per library for CUDA 12).
+    Empty when the toolkit has them: its own headers are then used, as PyTorch's build does."""
+    if os.path.exists(os.path.join(cuda_home(), "include", "cusparse.h")):
+        return []
+    spec = importlib.util.find_spec("nvidia")
+    found = []
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
+        for name in ("cusparse.h", "cublas_v2.h", "cusolverDn.h"):
+            for header in sorted(glob.glob(os.path.join(root, "*", "include", name))):
+                if os.path.dirname(header) not in found:
+                    found.append(os.path.dirname(header))
+    return found
+
+
 def nvcc_path() -> str | None:
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
-    candidate = os.path.join(home, "bin", "nvcc")
+    candidate = os.path.join(cuda_home(), "bin", "nvcc")
     return candidate if os.path.exists(candidate) else shutil.which("nvcc")
 
 
