@@ -47,3 +47,44 @@ def test_build_state_says_what_happens():
     assert state.startswith(("prebuilt", "built on first use", "not built"))
     if nvcc_path() is None:
         assert "no nvcc" in state
+
+
+def test_library_headers_come_from_the_toolkit_when_it_has_them(tmp_path, monkeypatch):
+    from mambaic_kernels.cuda_build import library_include_dirs
+
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "cusparse.h").write_text("")
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    assert library_include_dirs() == []
+
+
+def test_library_headers_from_pip_when_the_toolkit_has_nvcc_alone(tmp_path, monkeypatch):
+    from mambaic_kernels.cuda_build import library_include_dirs
+
+    fake = tmp_path / "site" / "nvidia"  # as PyTorch's pip wheels lay them out (CUDA 13)
+    (fake / "cu13" / "include").mkdir(parents=True)
+    (fake / "cu13" / "include" / "cusparse.h").write_text("")
+    (fake / "cu13" / "include" / "cublas_v2.h").write_text("")
+    (fake / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(__import__("sys").modules, "nvidia", raising=False)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "toolkit-without-libraries"))
+    assert str(fake / "cu13" / "include") in library_include_dirs()
+
+
+def test_ahead_of_time_build_without_torch_says_what_to_run(tmp_path):
+    """pip builds in an isolated environment without PyTorch unless told not to: setup.py must say so."""
+    root = Path(__file__).resolve().parents[2]
+    script = ("import builtins, runpy, sys\n"
+              "real = builtins.__import__\n"
+              "def no_torch(name, *a, **k):\n"
+              "    if name == 'torch' or name.startswith('torch.'):\n"
+              "        raise ImportError('No module named torch')\n"
+              "    return real(name, *a, **k)\n"
+              "builtins.__import__ = no_torch\n"
+              "sys.argv = ['setup.py', '--name']\n"
+              "runpy.run_path('setup.py', run_name='__main__')\n")
+    proc = subprocess.run([__import__("sys").executable, "-c", script], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "MAMBAIC_BUILD_CUDA": "1"}, timeout=120)
+    assert proc.returncode != 0
+    assert "--no-build-isolation" in proc.stderr + proc.stdout, proc.stderr[-2000:]
