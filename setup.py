@@ -32,8 +32,7 @@ if os.environ.get("MAMBAIC_BUILD_CUDA") == "1":
         CUDAExtension(
             "mambaic_kernels._cuda",
             sources=sources,
-            include_dirs=build["library_include_dirs"](),
-            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
+            extra_compile_args={"cxx": ["-O3", *build["library_header_flags"]()], "nvcc": ["-O3"]},
         )
     )
     cmdclass["build_ext"] = BuildExtension

@@ -41,6 +41,13 @@ def library_include_dirs() -> list[str]:
     return found
 
 
+def library_header_flags() -> list[str]:
+    """C++ flags that make library_include_dirs() searched last (-idirafter): the toolkit's own
+    headers (cuda_runtime_api.h and the rest) keep precedence over the wheels' copies, which need
+    parts of a toolkit they do not carry. Only the bindings include PyTorch's CUDA headers."""
+    return [flag for folder in library_include_dirs() for flag in ("-idirafter", folder)]
+
+
 def nvcc_path() -> str | None:
     candidate = os.path.join(cuda_home(), "bin", "nvcc")
     return candidate if os.path.exists(candidate) else shutil.which("nvcc")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..cuda_build import JIT_NAME, library_include_dirs
+from ..cuda_build import JIT_NAME, library_header_flags
 
 CSRC = Path(__file__).parent / "csrc"
 
@@ -51,9 +51,8 @@ def _build():
 
     _backend.announce_build("cuda", JIT_NAME, 90)  # seven sources: about 90 s on the 16-core H100 machine (2026-12-07)
     try:
-        return cpp_extension.load(name=JIT_NAME, sources=sources, extra_cflags=["-O3"],
-                                  extra_cuda_cflags=["-O3", "-lineinfo"],
-                                  extra_include_paths=library_include_dirs(), verbose=False)  # fmt: skip
+        return cpp_extension.load(name=JIT_NAME, sources=sources, extra_cflags=["-O3", *library_header_flags()],
+                                  extra_cuda_cflags=["-O3", "-lineinfo"], verbose=False)  # fmt: skip
     except Exception as exc:  # the compiler's message is the reason users see
         first = next((line for line in str(exc).splitlines() if "error" in line.lower()), str(exc).splitlines()[0])
         raise ImportError(f"the CUDA kernels failed to compile: {first}") from exc
