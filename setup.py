@@ -13,6 +13,8 @@ PACKAGES += ["mambaic"] + [f"mambaic.{p}" for p in find_packages("mambaic")]
 
 ext_modules, cmdclass = [], {}
 if os.environ.get("MAMBAIC_BUILD_CUDA") == "1":
+    build = runpy.run_path("kernels/cuda_build.py")
+    os.environ.setdefault("CUDA_HOME", build["cuda_home"]())  # read when cpp_extension is imported
     try:
         from torch.utils.cpp_extension import BuildExtension, CUDAExtension
     except ImportError:  # pip's isolated build environment holds setuptools alone
@@ -21,7 +23,6 @@ if os.environ.get("MAMBAIC_BUILD_CUDA") == "1":
             "have: install torch first, then run `MAMBAIC_BUILD_CUDA=1 pip install --no-build-isolation -e .`"
         ) from None
 
-    build = runpy.run_path("kernels/cuda_build.py")
     archs = build["ARCHS"]
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", ";".join(archs))  # BuildExtension turns it into -gencode flags
     csrc = Path("kernels/cuda/csrc")

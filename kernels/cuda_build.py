@@ -20,7 +20,18 @@ JIT_NAME = "mambaic_cuda_kernels"  # the first-use build's name in the extension
 
 
 def cuda_home() -> str:
-    return os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    """The CUDA toolkit's folder: $CUDA_HOME or $CUDA_PATH; else the one whose nvcc is on PATH,
+    when that folder holds the headers (an nvcc wrapper script in /usr/local/bin does not, and
+    PyTorch would then look for them in /usr/local/include); else /usr/local/cuda."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home:
+        return home
+    nvcc = shutil.which("nvcc")
+    if nvcc is not None:
+        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        if os.path.exists(os.path.join(home, "include", "cuda_runtime_api.h")):
+            return home
+    return "/usr/local/cuda"
 
 
 def library_include_dirs() -> list[str]:

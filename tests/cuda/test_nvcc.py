@@ -88,3 +88,23 @@ def test_ahead_of_time_build_without_torch_says_what_to_run(tmp_path):
                           env={**os.environ, "MAMBAIC_BUILD_CUDA": "1"}, timeout=120)
     assert proc.returncode != 0
     assert "--no-build-isolation" in proc.stderr + proc.stdout, proc.stderr[-2000:]
+
+
+def test_cuda_home_is_the_toolkit_of_the_nvcc_on_path_unless_that_is_a_wrapper(tmp_path, monkeypatch):
+    from mambaic_kernels.cuda_build import cuda_home
+
+    toolkit, wrapper = tmp_path / "cuda-13.0", tmp_path / "local"
+    for folder in (toolkit / "bin", toolkit / "include", wrapper / "bin"):
+        folder.mkdir(parents=True)
+    (toolkit / "include" / "cuda_runtime_api.h").write_text("")
+    for nvcc in (toolkit / "bin" / "nvcc", wrapper / "bin" / "nvcc"):
+        nvcc.write_text("#!/bin/sh\n")
+        nvcc.chmod(0o755)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(toolkit / "bin"))
+    assert cuda_home() == str(toolkit)
+    monkeypatch.setenv("PATH", str(wrapper / "bin"))  # a script exec-ing the real nvcc, as /usr/local/bin/nvcc here
+    assert cuda_home() == "/usr/local/cuda"
+    monkeypatch.setenv("CUDA_HOME", str(wrapper))
+    assert cuda_home() == str(wrapper)
