@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` importable from a checkout
 
-from bench.timing import git_commit  # noqa: E402
+from bench.timing import git_commit, kernel_ms  # noqa: E402
 from mambaic.precision import PRECISIONS  # noqa: E402
 
 RESOLUTIONS = {"kodak": (768, 512), "1080p": (1920, 1080), "2K": (2048, 1536), "4K": (3840, 2160)}
@@ -289,6 +289,8 @@ def run_one(model, x, backend: str, args, clock: Clock, variant: str | None = No
                     times = [clock.time_ms(fn) for _ in range(args.iters)]
                     peak = max(clock.peak_mib(), capture_peak)
                 record[stage] = {**spread(times), "peak_mib": peak}
+                if x.device.type == "cuda" and variant != "graph":  # a graph replays the same kernels
+                    record[stage]["kernel_ms"] = kernel_ms(fn, iters=3)
             except torch.cuda.OutOfMemoryError:
                 record[stage] = "OOM"
                 strings = None
@@ -341,7 +343,8 @@ def fmt_stage(rec) -> str:
         return "-"
     if not isinstance(rec, dict):
         return str(rec)
-    return f"{rec['p50_ms']:.1f} ({rec['p20_ms']:.1f}-{rec['p80_ms']:.1f})"
+    text = f"{rec['p50_ms']:.1f} ({rec['p20_ms']:.1f}-{rec['p80_ms']:.1f})"
+    return text + (f" [GPU {rec['kernel_ms']:.1f}]" if "kernel_ms" in rec else "")
 
 
 def table(results: list[dict], header: dict) -> str:
@@ -349,6 +352,8 @@ def table(results: list[dict], header: dict) -> str:
              f"CUDA {header['cuda']} | commit {header['commit']} | precision {header['precision']} | batch {header['batch']}", ""]
     cols = ["res", "backend", "forward ms", "compress ms", "decompress ms", "peak MiB fwd/comp/dec", "speedup vs torch (fwd)",
             "memory vs torch (fwd)"]
+    lines += ["Times: median (p20-p80) of wall time per call, and [GPU kernel time] summed by torch.profiler "
+              "over the call's kernels where it ran on a GPU.", ""]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for res in results:
         for r in res["backends"]:

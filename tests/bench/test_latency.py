@@ -109,3 +109,10 @@ def test_cuda_graphs_need_a_gpu(capsys):
     with pytest.raises(SystemExit):
         latency.main(["--res", "128x128", "--device", "cpu", "--cuda-graphs"])
     assert "--cuda-graphs: CUDA graphs need a GPU (--device cuda)" in capsys.readouterr().err
+
+
+def test_stage_cells_show_gpu_kernel_time_where_measured():
+    wall = {"p50_ms": 12.34, "p20_ms": 12.0, "p80_ms": 13.0}
+    assert latency.fmt_stage(wall) == "12.3 (12.0-13.0)"  # a CPU run: no kernel time
+    assert latency.fmt_stage({**wall, "kernel_ms": 8.76}) == "12.3 (12.0-13.0) [GPU 8.8]"
+    assert latency.fmt_stage("OOM") == "OOM"
