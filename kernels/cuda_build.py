@@ -20,15 +20,16 @@ JIT_NAME = "mambaic_cuda_kernels"  # the first-use build's name in the extension
 
 
 def cuda_home() -> str:
-    """The CUDA toolkit's folder: $CUDA_HOME or $CUDA_PATH; else the one whose nvcc is on PATH,
-    when that folder holds the headers (an nvcc wrapper script in /usr/local/bin does not, and
-    PyTorch would then look for them in /usr/local/include); else /usr/local/cuda."""
+    """The CUDA toolkit's folder: $CUDA_HOME or $CUDA_PATH; else the first folder holding the CUDA
+    headers among the nvcc on PATH's parent (PyTorch's own guess), that of the file it links to,
+    and /usr/local/cuda. PyTorch stops at its guess, which for an nvcc wrapper script in
+    /usr/local/bin is /usr/local, without the headers."""
     home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
     if home:
         return home
     nvcc = shutil.which("nvcc")
-    if nvcc is not None:
-        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    candidates = [os.path.dirname(os.path.dirname(p)) for p in (nvcc, os.path.realpath(nvcc))] if nvcc else []
+    for home in candidates + ["/usr/local/cuda"]:
         if os.path.exists(os.path.join(home, "include", "cuda_runtime_api.h")):
             return home
     return "/usr/local/cuda"

@@ -63,6 +63,17 @@ struct Window {
   }
 };
 
+// Sum and maximum of v over the kSplit = 4 adjacent lanes of one token, combined in the same order
+// in each lane: a fixed order, the same bits in all four.
+__device__ __forceinline__ float token_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+__device__ __forceinline__ float token_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
 // Head `head`'s q (part 0), k (1) or v (2) row of the token at map offset `token` into dst[0, kHD),
 // zero past head_dim (dst is registers or a shared-memory row: the loop has a constant trip count).
 template <typename T, int kHD>

@@ -32,12 +32,6 @@ __device__ __forceinline__ float dot_row(const float* a, const float* b) {
   return dot;
 }
 
-// Sum of v over the four adjacent lanes of one token, the same order in each: a fixed order.
-__device__ __forceinline__ float token_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
-
 // Threads as in the forward: four per token (adjacent lanes), each taking every fourth key for the
 // row phase (P, dP, dS, dq); then, for the column phase (dk, dv), a quarter of the token's head_dim
 // each, over every query.
@@ -91,8 +85,7 @@ __global__ void __launch_bounds__(kBwdThreads) window_attention_bwd_kernel(Windo
         dp[jj] = dot_row<kHD>(g, row(S::kV, j));
       }
     }
-    top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, 1));
-    top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, 2));
+    top = token_max(top);
     float total = 0.f;
 #pragma unroll
     for (int jj = 0; jj < kKeys; ++jj)

@@ -54,8 +54,7 @@ __global__ void __launch_bounds__(kFwdThreads, kHD <= 16 ? 3 : 2) window_attenti
       top = fmaxf(top, score[jj]);
     }
   }
-  top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, 1));
-  top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, 2));  // the token sees itself: finite
+  top = token_max(top);  // the token sees itself: finite
   float total = 0.f, o[kHD] = {};
 #pragma unroll
   for (int jj = 0; jj < kKeys; ++jj) {
@@ -71,13 +70,9 @@ __global__ void __launch_bounds__(kFwdThreads, kHD <= 16 ? 3 : 2) window_attenti
       }
     }
   }
-  total += __shfl_xor_sync(0xffffffffu, total, 1);
-  total += __shfl_xor_sync(0xffffffffu, total, 2);
+  total = token_sum(total);
 #pragma unroll
-  for (int d = 0; d < kHD; ++d) {
-    o[d] += __shfl_xor_sync(0xffffffffu, o[d], 1);
-    o[d] += __shfl_xor_sync(0xffffffffu, o[d], 2);
-  }
+  for (int d = 0; d < kHD; ++d) o[d] = token_sum(o[d]);
   if (!active) return;
   const int dim = p.heads * p.head_dim;
   T* out = static_cast<T*>(p.out) + win.token_offset * dim + win.head * p.head_dim;
