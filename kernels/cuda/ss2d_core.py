@@ -15,13 +15,17 @@ dim, L) tensor and no delta in memory.
 Live (batch, dim, L) float32 maps besides u: cols and the two accumulators (plus both dbl, 2 (R +
 2N) / dim of a map each), then the rows accumulator and the output.
 
+With ``save_states`` the scan also writes the state entering every tile of 512 steps of each
+direction, (2 pairs, 2, batch, dim, tiles, N): 1/32 of a map per direction, what the backward needs
+besides the inputs. (Pending: on only with MAMBAIC_CUDA_PENDING=1 until it has run on a GPU.)
+
 The backward (mambaic::ss2d_core_bwd_cuda) runs one pair of directions at a time, cols (1, 3)
 then rows (0, 2), with no flip and no copy of B or C:
 
     proj    x_proj of the pair on its sequence, as the forward; delta = dt_projs_weight[k] @ its
             R rows, both directions (2, batch, dim, L)
-    states  the pair's scans again with delta read from memory, keeping the state entering every
-            tile of 512 steps (1/32 of a map per direction)
+    states  the forward's tile states of the pair or, when it saved none, the pair's scans again
+            with delta read from memory, keeping the state entering every tile
     scan    one launch of the backward scan for both directions, k + 2 walking backwards: du of
             both added into one zeroed map (two additions onto zero: deterministic), ddelta per
             direction, dB and dC straight into the B and C rows of dproj (atomics)
@@ -37,9 +41,10 @@ from __future__ import annotations
 import torch
 
 from .. import _backend
-from ..pytorch.ss2d_core import register_fused_core
-from . import _ext
+from . import PENDING, _ext
 from . import selective_scan as _scan
+
+_TILE = _ext.scan_tile  # steps per tile: one saved state per tile and direction (csrc/selective_scan.h: kScanTile)
 
 
 def _weights32(x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
@@ -52,12 +57,19 @@ def _weights32(x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
     return x_proj_weight.to(f), dt_projs_weight.to(f), A, skip, bias, R, N
 
 
+def _states_shape(u: torch.Tensor, N: int) -> tuple[int, ...]:
+    """The forward's tile states: [first][i] holds direction first + 2 i, the pair ss2d_pair_bwd takes."""
+    batch, D, H, W = u.shape
+    return (2, 2, batch, D, -(-(H * W) // _TILE), N)
+
+
 @torch.library.custom_op("mambaic::ss2d_core_fwd_cuda", mutates_args=())
 def ss2d_core_fwd_cuda(
     u: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor, dt_projs_bias: torch.Tensor,
-    A_logs: torch.Tensor, Ds: torch.Tensor,
-) -> torch.Tensor:
-    """(batch, H, W, dim) in u's dtype, computed in float32."""
+    A_logs: torch.Tensor, Ds: torch.Tensor, save_states: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, H, W, dim) in u's dtype, computed in float32, and the tile states (float32; empty
+    unless save_states)."""
     f, dtype = torch.float32, u.dtype
     batch, D, H, W = u.shape
     L = H * W
@@ -70,22 +82,31 @@ def ss2d_core_fwd_cuda(
     # x_proj of directions (0, 2) on rows and (1, 3) on cols: each in its sequence's order
     projs = [torch.matmul(w_x[first::2].reshape(2 * C, D), seqs[first]) for first in (0, 1)]
     acc = [torch.zeros((batch, D, L), dtype=f, device=u.device) for _ in range(2)]
-    _ext.ss2d_fwd(*seqs, *projs, w_dt.contiguous(), A.contiguous(), skip.contiguous(), bias.contiguous(), *acc)
+    states = u.new_empty(_states_shape(u, N)) if save_states else None
+    _ext.ss2d_fwd(*seqs, *projs, w_dt.contiguous(), A.contiguous(), skip.contiguous(), bias.contiguous(), *acc, states)
     del cols, seqs, projs
     _ext.transpose(acc[1].view(batch * D, W, H), acc[0].view(batch * D, H, W), True)
     del acc[1]
     out = u.new_empty((batch, L, D))
     _ext.transpose(acc[0], out, False)
-    return out.view(batch, H, W, D).to(dtype)
+    return out.view(batch, H, W, D).to(dtype), states if save_states else u.new_empty((0,))
+
+
+@ss2d_core_fwd_cuda.register_fake
+def _(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, save_states):
+    batch, D, H, W = u.shape
+    shape = _states_shape(u, A_logs.shape[1]) if save_states else (0,)
+    return u.new_empty((batch, H, W, D)), u.new_empty(shape, dtype=torch.float32)
 
 
 @torch.library.custom_op("mambaic::ss2d_core_bwd_cuda", mutates_args=())
 def ss2d_core_bwd_cuda(
     dout: torch.Tensor, u: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
-    dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor,
+    dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor, states: torch.Tensor,
 ) -> list[torch.Tensor]:
     """The gradients of ss2d_core_fwd_cuda's six inputs for dout (batch, H, W, dim), each in its
-    input's dtype, computed in float32."""
+    input's dtype, computed in float32, from the forward's tile states (or, when empty, the scans
+    run again for them)."""
     f = torch.float32
     batch, D, H, W = u.shape
     weights = _weights32(x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
@@ -99,7 +120,8 @@ def ss2d_core_bwd_cuda(
     totals = None
     for start in range(0, batch, per_group):
         images = slice(start, min(batch, start + per_group))
-        parts = _bwd_images(dout32[images], u32[images], weights, du[images])
+        group_states = states[:, :, images] if states.numel() else None
+        parts = _bwd_images(dout32[images], u32[images], weights, du[images], group_states)
         totals = parts if totals is None else [t + p for t, p in zip(totals, parts)]
     dw_x, dw_dt, dA, dD, dbias = totals if totals is not None else [torch.zeros_like(w) for w in
                                                                      (weights[0], weights[1], A, weights[3], weights[4])]
@@ -112,9 +134,10 @@ def ss2d_core_bwd_cuda(
 _GROUP_ELEMENTS = 2**29  # elements of one (batch, dim, H, W) map the backward takes at a time (2 GiB in float32)
 
 
-def _bwd_images(dout32, u32, weights, du):
+def _bwd_images(dout32, u32, weights, du, states):
     """ss2d_core_bwd_cuda on a group of images, all float32: writes du (contiguous, u32's shape) and
-    returns the weights' gradients from these images alone (x_proj, dt_proj, A, skip D, delta bias)."""
+    returns the weights' gradients from these images alone (x_proj, dt_proj, A, skip D, delta bias).
+    ``states``: these images' slice of the forward's tile states, or None to run the scans again."""
     batch, D, H, W = u32.shape
     L = H * W
     w_x, w_dt, A, skip, bias, R, N = weights
@@ -138,10 +161,13 @@ def _bwd_images(dout32, u32, weights, du):
         for i, k in enumerate((first, first + 2)):
             torch.matmul(w_dt[k], proj[:, i * C : i * C + R], out=delta[i])
         A_p, skip_p, bias_p = A[pair].contiguous(), skip[pair].contiguous(), bias[pair].contiguous()
-        states = _ext.ss2d_pair_states(seq, delta, proj, A_p, skip_p, bias_p, R)
+        if states is None:
+            pair_states = _ext.ss2d_pair_states(seq, delta, proj, A_p, skip_p, bias_p, R)
+        else:  # contiguous unless the batch is split into groups
+            pair_states = states[first].contiguous()
         dseq, ddelta, dproj, dA[pair], dD[pair], dbias[pair] = _ext.ss2d_pair_bwd(
-            seq, dy, delta, proj, A_p, skip_p, bias_p, states, R)
-        del states, delta
+            seq, dy, delta, proj, A_p, skip_p, bias_p, pair_states, R)
+        del pair_states, delta
         for i, k in enumerate((first, first + 2)):
             rank_rows = proj[:, i * C : i * C + R]
             dproj[:, i * C : i * C + R] = torch.matmul(w_dt[k].t(), ddelta[i])
@@ -158,21 +184,29 @@ def _bwd_images(dout32, u32, weights, du):
 
 
 @ss2d_core_bwd_cuda.register_fake
-def _(dout, u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
+def _(dout, u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, states):
     return [torch.empty_like(t) for t in (u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)]
 
 
-def _grads(inputs, needs_grad, dout):
-    grads = torch.ops.mambaic.ss2d_core_bwd_cuda(dout, *inputs)
-    return tuple(g if needs else None for g, needs in zip(grads, needs_grad))
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:6], output[1])
 
 
-register_fused_core(ss2d_core_fwd_cuda, lambda: _scan.selective_scan, grads_of=_grads)
+def _backward(ctx, dout, _dstates):
+    *inputs, states = ctx.saved_tensors
+    grads = torch.ops.mambaic.ss2d_core_bwd_cuda(dout, *inputs, states)
+    return (*(g if needs else None for g, needs in zip(grads, ctx.needs_input_grad[:6])), None)
+
+
+ss2d_core_fwd_cuda.register_autograd(_backward, setup_context=_setup_context)
 
 
 def ss2d_core(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
-    """The backend entry point registered with _backend (arguments already checked)."""
-    return torch.ops.mambaic.ss2d_core_fwd_cuda(u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    """The backend entry point registered with _backend (arguments already checked). The tile states
+    are saved only when a gradient may be asked for."""
+    inputs = (u, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    save = PENDING and torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    return torch.ops.mambaic.ss2d_core_fwd_cuda(*inputs, save)[0]
 
 
 _MAX_RANK = 64  # delta-rank rows staged per tile in shared memory (csrc/selective_scan.h: kMaxRank)

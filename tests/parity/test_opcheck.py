@@ -57,6 +57,10 @@ def _compiled_samples():
         states = torch.ops.mambaic.selective_scan_fwd_cuda(*scan, True)[1].detach()
         return (*(t.detach() if isinstance(t, torch.Tensor) else t for t in scan), torch.randn(2, 8, 37, **f), states)
 
+    def ss2d_bwd():  # the backward op's inputs: a fresh dout, the forward's inputs and tile states
+        states = torch.ops.mambaic.ss2d_core_fwd_cuda(*core, True)[1].detach()
+        return (torch.randn(2, 5, 7, 6, **f), *(t.detach() for t in core), states)
+
     return {  # built on demand: the cuda samples run a cuda op
         "cross_scan_cpu": lambda: (g(2, 3, 5, 7), False),
         "cross_merge_cpu": lambda: (g(2, 4, 3, 5, 7), True),
@@ -69,8 +73,8 @@ def _compiled_samples():
         "cross_merge_cuda": lambda: (g(2, 4, 3, 5, 7), True),
         "selective_scan_fwd_cuda": lambda: (*scan, True),
         "selective_scan_bwd_cuda": scan_bwd,
-        "ss2d_core_fwd_cuda": lambda: core,
-        "ss2d_core_bwd_cuda": lambda: (torch.randn(2, 5, 7, 6, **f), *(t.detach() for t in core)),
+        "ss2d_core_fwd_cuda": lambda: (*core, True),
+        "ss2d_core_bwd_cuda": ss2d_bwd,
     }
 
 

@@ -99,6 +99,41 @@ def test_ss2d_core_backend(backend, case, dtype):
         assert_close(a, b, "ss2d_core", dtype, "bwd", f"{what} {name}")
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_cuda_backward_from_the_forwards_tile_states(case, monkeypatch):
+    """Under autograd the cuda core's forward saves every direction's tile states (a pending path:
+    kernels/cuda/__init__.py, PENDING) and its backward starts from them instead of running the
+    scans again: the output keeps its bits, the gradients are the reference's."""
+    u64, w64 = make_inputs(*case)
+    u = leaf(u64, torch.float32)
+    w = {name: leaf(t, torch.float32) for name, t in w64.items()}
+    require("ss2d_core", "cuda", u, d_state=case[4])
+    from types import SimpleNamespace
+
+    from mambaic_kernels.cuda import ss2d_core as cuda_core
+
+    dout = torch.randn(u.shape[0], *u.shape[2:], u.shape[1], dtype=torch.float64, device=u.device)
+    outs = []
+    for pending in (False, True):
+        monkeypatch.setattr(cuda_core, "PENDING", pending)
+        with mk.use_backend("cuda"):
+            outs.append(mk.ss2d_core(u, **w))
+    ext = cuda_core._ext
+
+    def no_recompute(*args):
+        raise AssertionError("the backward ran the scans again although the forward saved its tile states")
+
+    monkeypatch.setattr(cuda_core, "_ext", SimpleNamespace(
+        transpose=ext.transpose, ss2d_fwd=ext.ss2d_fwd, ss2d_pair_bwd=ext.ss2d_pair_bwd, ss2d_pair_states=no_recompute))
+    got = grads(outs[1], [u, *w.values()], dout.float())
+    assert torch.equal(outs[0], outs[1]), "saving the tile states changed the forward's output"
+    ref_u = leaf(u.detach(), torch.float64)
+    ref_w = {name: leaf(t.detach(), torch.float64) for name, t in w.items()}
+    want = grads(reference.ss2d_core(ref_u, **ref_w), [ref_u, *ref_w.values()], dout)
+    for name, a, b in zip(("du", *(f"d{n}" for n in WEIGHTS)), got, want):
+        assert_close(a, b, "ss2d_core", torch.float32, "bwd", f"cuda {case} {name}, from saved tile states")
+
+
 def test_deterministic_forward(backend):
     """Two runs give the same bits: the entropy decoder recomputes what the encoder computed."""
     u64, w64 = make_inputs(2, 8, 6, 5, 16, 2)

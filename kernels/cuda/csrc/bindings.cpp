@@ -130,9 +130,12 @@ std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor
 // is computed from them in the kernel. Directions k and k + 2 add into `rows_acc` / `cols_acc`
 // (batch, D, L), which the caller zeroes: two float additions onto zero commute exactly, so the
 // result does not depend on which lands first. dt_weight (4, D, R); A (4, D, N); Ds, bias (4, D).
+// With `tile_states` (2, 2, batch, D, tiles, N), direction k also writes the state entering each of
+// its tiles to tile_states[k % 2][k / 2]: index [first] holds the pair (first, first + 2) as
+// ss2d_pair_bwd takes it.
 void ss2d_fwd(const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& rows_proj, const at::Tensor& cols_proj,
               const at::Tensor& dt_weight, const at::Tensor& A, const at::Tensor& Ds, const at::Tensor& bias,
-              at::Tensor& rows_acc, at::Tensor& cols_acc) {
+              at::Tensor& rows_acc, at::Tensor& cols_acc, const c10::optional<at::Tensor>& tile_states) {
   const int64_t batch = rows.size(0), channels = rows.size(1), length = rows.size(2);
   const int64_t rank = dt_weight.size(2), states = A.size(2), width = 2 * (rank + 2 * states);
   for (auto [t, name] : {std::pair{&rows, "rows"}, {&cols, "cols"}, {&rows_proj, "rows_proj"},
@@ -149,6 +152,11 @@ void ss2d_fwd(const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& 
   check_shape(A, "A", {4, channels, states});
   check_shape(Ds, "Ds", {4, channels});
   check_shape(bias, "bias", {4, channels});
+  if (tile_states.has_value()) {
+    check_cuda_fp32(*tile_states, "tile_states");
+    TORCH_CHECK(tile_states->is_contiguous(), "tile_states must be contiguous");
+    check_shape(*tile_states, "tile_states", {2, 2, batch, channels, tiles_of(length), states});
+  }
   c10::cuda::CUDAGuard guard(rows.device());
   mambaic::ScanFwdParams p{};
   for (int k = 0; k < 4; ++k) {
@@ -156,7 +164,8 @@ void ss2d_fwd(const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& 
     const float* proj = (k % 2 ? cols_proj : rows_proj).data_ptr<float>() + (k / 2) * (width / 2) * length;
     p.dir[k] = {seq.data_ptr<float>(), nullptr, proj, dt_weight[k].data_ptr<float>(), A[k].data_ptr<float>(),
                 proj + rank * length, proj + (rank + states) * length, Ds[k].data_ptr<float>(),
-                bias[k].data_ptr<float>(), (k % 2 ? cols_acc : rows_acc).data_ptr<float>(), k >= 2, nullptr};
+                bias[k].data_ptr<float>(), (k % 2 ? cols_acc : rows_acc).data_ptr<float>(), k >= 2,
+                tile_states.has_value() ? (*tile_states)[k % 2][k / 2].data_ptr<float>() : nullptr};
   }
   p.directions = 4;
   p.batch = batch, p.channels = channels, p.groups = 1, p.states = states, p.length = length, p.rank = rank;
@@ -376,7 +385,9 @@ std::vector<at::Tensor> window_attention_bwd(const at::Tensor& dout, const at::T
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_scan_fwd", &selective_scan_fwd, "forward selective scan (float32), with the tile states if asked");
   m.def("selective_scan_bwd", &selective_scan_bwd, "backward selective scan (float32) from the tile states");
-  m.def("ss2d_fwd", &ss2d_fwd, "the four scans of the fused SS2D core into two accumulators");
+  m.def("ss2d_fwd", &ss2d_fwd, "the four scans of the fused SS2D core into two accumulators, with their tile states if given",
+        py::arg("rows"), py::arg("cols"), py::arg("rows_proj"), py::arg("cols_proj"), py::arg("dt_weight"), py::arg("A"),
+        py::arg("Ds"), py::arg("bias"), py::arg("rows_acc"), py::arg("cols_acc"), py::arg("tile_states") = py::none());
   m.def("ss2d_pair_states", &ss2d_pair_states, "tile states of a pair of SS2D directions (k, k + 2)");
   m.def("ss2d_pair_bwd", &ss2d_pair_bwd, "backward of a pair of SS2D directions (k, k + 2) from their tile states");
   m.def("cross_scan", &cross_scan, "the four scan orders of a map: (batch, 4, C, L)");

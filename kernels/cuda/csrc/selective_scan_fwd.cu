@@ -186,12 +186,14 @@ bool vectorizable(const ScanFwdParams& p) {
 
 template <int kWarps, bool kVec>
 void launch(const ScanFwdParams& p, cudaStream_t stream) {
-  // delta read from memory (the public op, saving the tile states for its backward or not) or
-  // computed from the projection rows (the SS2D core): separate kernels, so that each keeps the
+  // delta read from memory (the public op) or computed from the projection rows (the SS2D core),
+  // each saving the tile states for its backward or not: separate kernels, so that each keeps the
   // registers the others spend
-  auto kernel = p.dir[0].proj          ? selective_scan_fwd_kernel<kWarps, kVec, true, false>
-                : p.dir[0].tile_states ? selective_scan_fwd_kernel<kWarps, kVec, false, true>
-                                       : selective_scan_fwd_kernel<kWarps, kVec, false, false>;
+  const bool proj = p.dir[0].proj, save = p.dir[0].tile_states;
+  auto kernel = proj ? (save ? selective_scan_fwd_kernel<kWarps, kVec, true, true>
+                             : selective_scan_fwd_kernel<kWarps, kVec, true, false>)
+                     : (save ? selective_scan_fwd_kernel<kWarps, kVec, false, true>
+                             : selective_scan_fwd_kernel<kWarps, kVec, false, false>);
   const size_t bytes = smem_bytes<kWarps>(p.rank);
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   const dim3 grid(p.directions * (p.channels / kWarps), 1, p.batch);
@@ -208,8 +210,8 @@ const char* selective_scan_fwd_unsupported(const ScanFwdParams& p) {
     if ((p.dir[d].delta == nullptr) == (p.dir[d].proj == nullptr) || (p.dir[d].proj == nullptr) != (p.dir[0].proj == nullptr))
       return "every direction reads delta, or every direction its projection";
   for (int d = 0; d < p.directions; ++d)
-    if ((p.dir[d].tile_states != nullptr) != (p.dir[0].tile_states != nullptr) || (p.dir[d].tile_states && p.dir[d].proj))
-      return "the tile states are saved for every direction or none, and only when delta is read from memory";
+    if ((p.dir[d].tile_states != nullptr) != (p.dir[0].tile_states != nullptr))
+      return "the tile states are saved for every direction or none";
   return "";
 }
 
