@@ -30,9 +30,21 @@ def cuda_home() -> str:
     nvcc = shutil.which("nvcc")
     candidates = [os.path.dirname(os.path.dirname(p)) for p in (nvcc, os.path.realpath(nvcc))] if nvcc else []
     for home in candidates + ["/usr/local/cuda"]:
-        if os.path.exists(os.path.join(home, "include", "cuda_runtime_api.h")):
+        if has_headers(home):
             return home
     return "/usr/local/cuda"
+
+
+def has_headers(home: "str | None") -> bool:
+    return bool(home) and os.path.exists(os.path.join(home, "include", "cuda_runtime_api.h"))
+
+
+def point_at_toolkit(cpp_extension) -> None:
+    """Make PyTorch's cpp_extension build with cuda_home() when its own guess lacks the headers.
+    It reads CUDA_HOME once, when first imported (possibly by the cpu backend's build, before
+    anything could set the variable), so its module global is what the first-use build follows."""
+    if not has_headers(cpp_extension.CUDA_HOME) and has_headers(cuda_home()):
+        cpp_extension.CUDA_HOME = cuda_home()
 
 
 def library_include_dirs() -> list[str]:

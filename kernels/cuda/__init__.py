@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..cuda_build import JIT_NAME, library_header_flags
+from ..cuda_build import JIT_NAME, library_header_flags, point_at_toolkit
 
 CSRC = Path(__file__).parent / "csrc"
 
@@ -52,6 +52,7 @@ def _build():
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
+    point_at_toolkit(cpp_extension)
     sources = sorted(str(p) for p in CSRC.glob("*.cpp")) + sorted(str(p) for p in CSRC.glob("*.cu"))
     from .. import _backend
 

@@ -108,3 +108,24 @@ def test_cuda_home_is_the_toolkit_of_the_nvcc_on_path_unless_that_is_a_wrapper(t
     assert cuda_home() == "/usr/local/cuda"
     monkeypatch.setenv("CUDA_HOME", str(wrapper))
     assert cuda_home() == str(wrapper)
+
+
+def test_the_first_use_build_follows_the_toolkit_when_pytorchs_guess_lacks_headers(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from mambaic_kernels.cuda_build import point_at_toolkit
+
+    toolkit = tmp_path / "cuda"
+    (toolkit / "include").mkdir(parents=True)
+    (toolkit / "include" / "cuda_runtime_api.h").write_text("")
+    monkeypatch.setenv("CUDA_HOME", str(toolkit))
+    for guess in (None, "/usr/local", str(tmp_path / "missing")):  # what PyTorch took for an nvcc wrapper
+        extension = SimpleNamespace(CUDA_HOME=guess)
+        point_at_toolkit(extension)
+        assert extension.CUDA_HOME == str(toolkit), guess
+    kept = tmp_path / "other"  # a guess with the headers is PyTorch's to keep
+    (kept / "include").mkdir(parents=True)
+    (kept / "include" / "cuda_runtime_api.h").write_text("")
+    extension = SimpleNamespace(CUDA_HOME=str(kept))
+    point_at_toolkit(extension)
+    assert extension.CUDA_HOME == str(kept)
