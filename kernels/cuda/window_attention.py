@@ -1,5 +1,7 @@
 """`cuda` backend of window_attention: the kernels of csrc/window_attention_{fwd,bwd}.cu, one block
-per (image, window, head) and four threads per token (the algorithm: csrc/window_attention.cuh).
+per (image, window, head) and four threads per token (the algorithm: csrc/window_attention.cuh);
+with PENDING (MAMBAIC_CUDA_PENDING=1), those of csrc/window_attention_mma_{fwd,bwd}.cu, on the
+tensor cores, until they have run on a GPU.
 
 float32 / float16 / bfloat16 qkv, float32 arithmetic; the bias table is passed as float32 and its
 gradient comes back as one partial per (image, window), summed here in a fixed order. Windows up
@@ -14,6 +16,7 @@ import torch
 from .. import _backend
 from .._backend import direct_launch_ok
 from ..window_attention import register_backward
+from . import PENDING  # a module global, read at each call (the tests switch it)
 from . import _ext, supports_device
 
 _MAX_WINDOW, _MAX_HEAD_DIM = 8, 32  # csrc/window_attention.h: kMaxWindow, kMaxHeadDim
@@ -28,7 +31,7 @@ def _table32(rel_pos_bias: torch.Tensor) -> torch.Tensor:
 def window_attention_fwd_cuda(qkv: torch.Tensor, rel_pos_bias: torch.Tensor, heads: int, window: int,
                               shifted: bool) -> torch.Tensor:
     """(batch, H, W, dim) from qkv (batch, H, W, 3 dim), in qkv's dtype."""
-    return _ext.window_attention_fwd(qkv, _table32(rel_pos_bias), heads, window, shifted)
+    return _ext.window_attention_fwd(qkv, _table32(rel_pos_bias), heads, window, shifted, PENDING)
 
 
 @window_attention_fwd_cuda.register_fake
@@ -42,7 +45,7 @@ def window_attention_bwd_cuda(grad: torch.Tensor, qkv: torch.Tensor, rel_pos_bia
                               window: int, shifted: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(d qkv in qkv's dtype, d rel_pos_bias in its dtype)."""
     dqkv, parts = _ext.window_attention_bwd(grad.to(qkv.dtype).contiguous(), qkv, _table32(rel_pos_bias),
-                                            heads, window, shifted)
+                                            heads, window, shifted, PENDING)
     return dqkv, parts.sum(0).to(rel_pos_bias.dtype)
 
 
@@ -57,7 +60,7 @@ register_backward("mambaic::window_attention_fwd_cuda", window_attention_bwd_cud
 def window_attention(qkv, rel_pos_bias, heads, window, shifted):
     """The backend entry point registered with _backend (arguments already checked)."""
     if direct_launch_ok(qkv, rel_pos_bias):
-        return _ext.window_attention_fwd(qkv, _table32(rel_pos_bias), heads, window, shifted)
+        return _ext.window_attention_fwd(qkv, _table32(rel_pos_bias), heads, window, shifted, PENDING)
     return torch.ops.mambaic.window_attention_fwd_cuda(qkv, rel_pos_bias, heads, window, shifted)
 
 

@@ -83,6 +83,37 @@ def test_reference_gradcheck(shifted):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES)
 def test_window_attention_backend(backend, case, dtype, shifted):
+    check_backend(backend, case, dtype, shifted)
+
+
+# Every window size and head size the cuda tensor-core kernels take (pending a GPU run:
+# kernels/cuda/__init__.py, PENDING), where their padding to 64 tokens and to whole 8-channel
+# steps shows: (batch, H, W, heads, head_dim, window), H != W.
+TENSOR_CORE_CASES = [
+    pytest.param((2, 16, 24, 2, 16, 8), id="B2-H16-W24-h2-d16-w8"),
+    pytest.param((1, 14, 21, 3, 12, 7), id="B1-H14-W21-h3-d12-w7"),
+    pytest.param((2, 10, 15, 2, 17, 5), id="B2-H10-W15-h2-d17-w5"),
+    pytest.param((1, 6, 9, 1, 3, 3), id="B1-H6-W9-h1-d3-w3"),
+    pytest.param((2, 4, 6, 2, 32, 2), id="B2-H4-W6-h2-d32-w2"),
+    pytest.param((1, 3, 2, 2, 8, 1), id="B1-H3-W2-h2-d8-w1"),
+]
+
+
+@pytest.mark.parametrize("shifted", [False, True], ids=["plain", "shifted"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", TENSOR_CORE_CASES)
+def test_cuda_tensor_core_kernels(case, dtype, shifted, monkeypatch):
+    if DEVICE != "cuda":
+        pytest.skip("the cuda kernels take CUDA tensors; this run's tensors are on the CPU")
+    require("window_attention", "cuda", torch.empty(1, device=DEVICE, dtype=dtype), window=case[5], head_dim=case[4])
+    from mambaic_kernels.cuda import window_attention as cuda_window_attention
+
+    monkeypatch.setattr(cuda_window_attention, "PENDING", True)
+    check_backend("cuda", case, dtype, shifted)
+
+
+def check_backend(backend, case, dtype, shifted):
+    """One backend's forward and both gradients against the float64 reference."""
     Bn, H, W, heads, hd, window = case
     qkv = leaf(torch.randn(Bn, H, W, 3 * heads * hd, dtype=torch.float64, device=DEVICE), dtype)
     table = leaf(torch.randn(heads, 2 * window - 1, 2 * window - 1, device=DEVICE, dtype=torch.float64), dtype)

@@ -29,5 +29,9 @@ struct WindowAttentionParams {
 const char* window_attention_unsupported(const WindowAttentionParams& p);
 void window_attention_fwd_launch(const WindowAttentionParams& p, cudaStream_t stream);
 void window_attention_bwd_launch(const WindowAttentionParams& p, cudaStream_t stream);
+// The same inputs, outputs and limits on tensor cores (window_attention_mma_{fwd,bwd}.cu): mma.sync
+// on tf32 operands split in three for float32 accuracy, from sm_80 (older GPUs: an exact, slow path).
+void window_attention_mma_fwd_launch(const WindowAttentionParams& p, cudaStream_t stream);
+void window_attention_mma_bwd_launch(const WindowAttentionParams& p, cudaStream_t stream);
 
 }  // namespace mambaic

@@ -1,0 +1,307 @@
+// Tensor-core matrix products of float32 data (mma.sync m16n8k8 on tf32 operands, sm_80 and later),
+// made float32-accurate by the 3xTF32 split; and the parts of the window attention kernels on
+// tensor cores (window_attention_mma_{fwd,bwd}.cu) that both passes share.
+//
+// 3xTF32: x = hi + lo, hi = tf32(x), lo = tf32(x - hi), so that x - hi - lo is about 2^-22 |x|, and
+// a b ~= a_hi b_hi + a_hi b_lo + a_lo b_hi (a_lo b_lo, about 2^-22 |a b|, is dropped): three mma per
+// tile, the two small terms first. tf32(x) rounds to nearest, ties away (cvt.rna), and zeroes the
+// low 13 bits. Inf has no split (Inf - Inf is NaN), nor has a finite x that rounds up to Inf: the
+// kernels check their inputs with splittable() and take an exact float32 path if one fails.
+//
+// Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k8", .tf32); lane = 4 g + t, g = groupID,
+// t = threadID_in_group:
+//   A (16 x 8, row):     a0 (g, t)   a1 (g+8, t)   a2 (g, t+4)    a3 (g+8, t+4)
+//   B (8 x 8, k x n):    b0 (t, g)   b1 (t+4, g)
+//   C, D (16 x 8):       c0 (g, 2t)  c1 (g, 2t+1)  c2 (g+8, 2t)   c3 (g+8, 2t+1)
+// A C fragment's columns 2t and 2t+1 are the columns an A fragment holds as t and t+4. A dot product
+// may sum its terms in any order, so a C tile feeds the next product as an A tile with no exchange
+// between lanes (a_from_c), if B's reduction rows are read in the same order (load_b_kn_paired).
+#pragma once
+
+#include <cstdint>
+
+#include "window_attention.cuh"
+
+namespace mambaic {
+namespace mma {
+
+// mma.sync with tf32 operands exists from sm_80; older targets compile, and never run, the products.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+constexpr bool kTensorCores = false;
+#else
+constexpr bool kTensorCores = true;
+#endif
+
+struct Lane {
+  int g, t;  // groupID and threadID_in_group
+  __device__ explicit Lane(int lane) : g(lane >> 2), t(lane & 3) {}
+};
+
+__device__ __forceinline__ uint32_t tf32(float x) {
+  uint32_t r = 0;
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+#endif
+  return r;
+}
+
+// Finite, and so is tf32(x): |x| below the midpoint between tf32's largest value and 2^128.
+// False for NaN too.
+__device__ __forceinline__ bool splittable(float x) { return fabsf(x) < 0x1.ffep127f; }
+
+struct FragA {  // one 16 x 8 A tile, split
+  uint32_t hi[4], lo[4];
+  __device__ void set(int r, float x) {
+    hi[r] = tf32(x);
+    lo[r] = tf32(x - __uint_as_float(hi[r]));
+  }
+};
+struct FragB {  // one 8 x 8 B tile, split
+  uint32_t hi[2], lo[2];
+  __device__ void set(int r, float x) {
+    hi[r] = tf32(x);
+    lo[r] = tf32(x - __uint_as_float(hi[r]));
+  }
+};
+
+// Loads from row-major float32 matrices M in shared memory, kStride floats a row.
+
+// A = M[row0 .. row0+15][col0 .. col0+7]
+template <int kStride>
+__device__ __forceinline__ FragA load_a(const float* m, int row0, int col0, Lane l) {
+  const float* p = m + (row0 + l.g) * kStride + col0 + l.t;
+  FragA f;
+  f.set(0, p[0]), f.set(1, p[8 * kStride]), f.set(2, p[4]), f.set(3, p[8 * kStride + 4]);
+  return f;
+}
+// A = M^T: A(r, c) = M[col0 + c][row0 + r]
+template <int kStride>
+__device__ __forceinline__ FragA load_a_transposed(const float* m, int row0, int col0, Lane l) {
+  const float* p = m + (col0 + l.t) * kStride + row0 + l.g;
+  FragA f;
+  f.set(0, p[0]), f.set(1, p[8]), f.set(2, p[4 * kStride]), f.set(3, p[4 * kStride + 8]);
+  return f;
+}
+// B = M^T: B(k, n) = M[n0 + n][k0 + k]
+template <int kStride>
+__device__ __forceinline__ FragB load_b_nk(const float* m, int n0, int k0, Lane l) {
+  const float* p = m + (n0 + l.g) * kStride + k0 + l.t;
+  FragB f;
+  f.set(0, p[0]), f.set(1, p[4]);
+  return f;
+}
+// B(k, n) = M[k0 + k][n0 + n]
+template <int kStride>
+__device__ __forceinline__ FragB load_b_kn(const float* m, int k0, int n0, Lane l) {
+  const float* p = m + (k0 + l.t) * kStride + n0 + l.g;
+  FragB f;
+  f.set(0, p[0]), f.set(1, p[4 * kStride]);
+  return f;
+}
+// B(k, n) = M[k0 + pair(k)][n0 + n], pair(t) = 2t and pair(t + 4) = 2t + 1: the reduction order of
+// an A tile made by a_from_c.
+template <int kStride>
+__device__ __forceinline__ FragB load_b_kn_paired(const float* m, int k0, int n0, Lane l) {
+  const float* p = m + (k0 + 2 * l.t) * kStride + n0 + l.g;
+  FragB f;
+  f.set(0, p[0]), f.set(1, p[kStride]);
+  return f;
+}
+// The C tile c as an A tile whose column t holds c's column 2t and column t + 4 holds 2t + 1.
+__device__ __forceinline__ FragA a_from_c(const float (&c)[4]) {
+  FragA f;
+  f.set(0, c[0]), f.set(1, c[2]), f.set(2, c[1]), f.set(3, c[3]);
+  return f;
+}
+
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+// d += a b to about float32 accuracy: the small terms first, where d's rounding loses least of them.
+__device__ __forceinline__ void mma3(float (&d)[4], const FragA& a, const FragB& b) {
+  mma_tf32(d, a.lo, b.hi);
+  mma_tf32(d, a.hi, b.lo);
+  mma_tf32(d, a.hi, b.hi);
+}
+
+}  // namespace mma
+
+// ---- window attention on tensor cores: what the forward and the backward share ----------------
+//
+// One block of 4 warps per (image, window, head); warp w owns the query rows 16w .. 16w + 15 of
+// the window's tokens, padded to 64 (rows and keys), and head_dim is padded with zeros to kHD.
+// The window's rows of the head are staged in shared memory as float32, with each token's map
+// offset and score code (bias position and shifted-mask region). Each block checks that every
+// staged value splits; if one does not (NaN, Inf), the whole block takes the exact float32 path,
+// which reproduces the SIMT kernels' non-finite pattern.
+namespace attention {
+
+constexpr int kMmaThreads = 128;
+constexpr int kPadRegion = 4;  // a padded key's region: no query's, so that its score is -inf
+
+// Per token: the map position (b, row, col) flattened; code = bias position ti (2w-1) + tj, plus
+// the shifted-mask region << 8. Two tokens of the window see each other iff their regions match
+// (the region bits: last window row and ti < w - w/2; last window column and tj < w - w/2).
+struct TokenTable {
+  int64_t offset[kTokens];
+  int code[kTokens];
+};
+
+struct MmaWindow {
+  int64_t b;
+  int wr, wc, n_rows, n_cols, head, w, tokens, side, bins;
+
+  // blockIdx.x = ((b n_rows + wr) n_cols + wc) heads + head, below 2^31 (window_attention_unsupported).
+  __device__ explicit MmaWindow(const WindowAttentionParams& p) {
+    w = p.window, tokens = w * w, side = 2 * w - 1, bins = side * side;
+    n_rows = static_cast<int>(p.height / w), n_cols = static_cast<int>(p.width / w);
+    int i = static_cast<int>(blockIdx.x);
+    head = i % p.heads, i /= p.heads;
+    wc = i % n_cols, i /= n_cols;
+    wr = i % n_rows, b = i / n_rows;
+  }
+
+  // Threads 0..63 fill tok; padded tokens get offset 0 (never used) and the padding region.
+  __device__ void describe_tokens(const WindowAttentionParams& p, TokenTable& tok) const {
+    const int t = threadIdx.x;
+    if (t >= kTokens) return;
+    if (t >= tokens) {
+      tok.offset[t] = 0, tok.code[t] = kPadRegion << 8;
+      return;
+    }
+    const int ti = t / w, tj = t - ti * w, s = p.shifted ? w / 2 : 0, half = w - w / 2;
+    int64_t r = int64_t{wr} * w + ti + s, c = int64_t{wc} * w + tj + s;
+    if (r >= p.height) r -= p.height;  // the cyclic shift: r < 2H
+    if (c >= p.width) c -= p.width;
+    tok.offset[t] = (b * p.height + r) * p.width + c;
+    const int region = p.shifted ? int(wr == n_rows - 1 && ti < half) | int(wc == n_cols - 1 && tj < half) << 1 : 0;
+    tok.code[t] = (ti * side + tj) | region << 8;
+  }
+
+  __device__ void load_bias(const WindowAttentionParams& p, float* bias) const {
+    for (int i = threadIdx.x; i < bins; i += kMmaThreads) bias[i] = p.table[head * bins + i];
+  }
+};
+
+// A query row's code: a padded row takes token 0's, so that it sees a key and stays finite.
+__device__ __forceinline__ int query_code(const TokenTable& tok, int i, int tokens) {
+  return tok.code[i < tokens ? i : 0];
+}
+
+// The score of a query and a key from their dot product: scaled, biased, or -inf where masked.
+struct ScoreRule {
+  const float* bias;
+  float scale;
+  int base;  // (w - 1) (2w - 1) + w - 1: the bias index of equal positions
+  __device__ ScoreRule(const float* bias_, float scale_, int w) : bias(bias_), scale(scale_), base((w - 1) * 2 * w) {}
+  __device__ float operator()(float dot, int code_i, int code_j) const {
+    return (code_i >> 8) == (code_j >> 8) ? dot * scale + bias[(code_i & 0xff) - (code_j & 0xff) + base] : -INFINITY;
+  }
+};
+
+// Rows [0, 64) x [channel0, channel0 + kHD) of dst (kStride floats a row) from the window's tokens
+// in a (positions, channels) map, zeros past head_dim and past the window. True if every loaded
+// value splits. Threads take consecutive channels: a warp reads whole rows.
+template <typename T, int kHD, int kStride>
+__device__ bool stage_rows(const T* map, int64_t channels, int channel0, int head_dim, const TokenTable& tok,
+                           int tokens, float* dst) {
+  bool ok = true;
+  for (int idx = threadIdx.x; idx < kTokens * kHD; idx += kMmaThreads) {
+    const int t = idx / kHD, d = idx % kHD;
+    float x = 0.f;
+    if (t < tokens && d < head_dim) {
+      x = to_float(map[tok.offset[t] * channels + channel0 + d]);
+      ok &= mma::splittable(x);
+    }
+    dst[t * kStride + d] = x;
+  }
+  return ok;
+}
+
+// S = scale Q K^T + bias, masked, for the warp's query rows r0 .. r0+15 and all 64 keys: s[nt] is the
+// C tile of keys 8nt .. 8nt+7. Key tiles past the window are -inf without a product, padded keys
+// inside the last tile -inf by their region.
+template <int kHD, int kRowQ, int kRowK>
+__device__ void warp_scores(const float* q_s, const float* k_s, const TokenTable& tok, const ScoreRule& rule, int r0,
+                            int tokens, int head_dim, mma::Lane l, float (&s)[8][4]) {
+  const int k_steps = (head_dim + 7) / 8, key_tiles = (tokens + 7) / 8;
+  mma::FragA qa[kHD / 8];
+#pragma unroll
+  for (int kt = 0; kt < kHD / 8; ++kt)
+    if (kt < k_steps) qa[kt] = mma::load_a<kRowQ>(q_s, r0, 8 * kt, l);
+  const int code0 = query_code(tok, r0 + l.g, tokens), code1 = query_code(tok, r0 + l.g + 8, tokens);
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    if (nt < key_tiles) {
+      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+      for (int kt = 0; kt < kHD / 8; ++kt)
+        if (kt < k_steps) mma::mma3(s[nt], qa[kt], mma::load_b_nk<kRowK>(k_s, 8 * nt, 8 * kt, l));
+      const int2 code = *reinterpret_cast<const int2*>(&tok.code[8 * nt + 2 * l.t]);  // keys 2t, 2t + 1
+      s[nt][0] = rule(s[nt][0], code0, code.x), s[nt][1] = rule(s[nt][1], code0, code.y);
+      s[nt][2] = rule(s[nt][2], code1, code.x), s[nt][3] = rule(s[nt][3], code1, code.y);
+    } else {
+      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = -INFINITY;
+    }
+  }
+}
+
+// s <- exp(s - row max), in place; sum0, sum1: the sums of rows g and g + 8. A row's 64 scores lie
+// in the four lanes of its group, 16 each: each lane sums its own in key order, then token_sum
+// combines the four (xor 1, then 2) in the same order in every lane.
+__device__ __forceinline__ void softmax_rows(float (&s)[8][4], float& sum0, float& sum1) {
+  float top0 = -INFINITY, top1 = -INFINITY;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    top0 = fmaxf(top0, fmaxf(s[nt][0], s[nt][1]));
+    top1 = fmaxf(top1, fmaxf(s[nt][2], s[nt][3]));
+  }
+  top0 = token_max(top0), top1 = token_max(top1);  // finite: every row sees a key
+  sum0 = sum1 = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    s[nt][0] = expf(s[nt][0] - top0), s[nt][1] = expf(s[nt][1] - top0);
+    s[nt][2] = expf(s[nt][2] - top1), s[nt][3] = expf(s[nt][3] - top1);
+    sum0 += s[nt][0], sum0 += s[nt][1];
+    sum1 += s[nt][2], sum1 += s[nt][3];
+  }
+  sum0 = token_sum(sum0), sum1 = token_sum(sum1);
+}
+
+// Rows r0 + g and r0 + g + 8 of the C tiles acc[dt] (columns 8dt + 2t, 8dt + 2t + 1), times scale0 and
+// scale1, to channels channel0 + column of those tokens in a (positions, channels) map; nothing for
+// rows past the window or columns past head_dim.
+template <typename T, int kTiles>
+__device__ __forceinline__ void store_rows(T* map, int64_t channels, int channel0, int head_dim,
+                                           const TokenTable& tok, int tokens, int r0, mma::Lane l,
+                                           const float (&acc)[kTiles][4], float scale0, float scale1) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int i = r0 + l.g + 8 * half;
+    if (i >= tokens) continue;
+    T* row = map + tok.offset[i] * channels + channel0;
+    const float scale = half ? scale1 : scale0;
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt) {
+      const int d = 8 * dt + 2 * l.t;
+      if (d < head_dim) row[d] = from_float<T>(acc[dt][2 * half] * scale);
+      if (d + 1 < head_dim) row[d + 1] = from_float<T>(acc[dt][2 * half + 1] * scale);
+    }
+  }
+}
+
+// The exact path's score: a plain float32 dot product in channel order, then the rule.
+__device__ __forceinline__ float exact_score(const float* q, const float* k, int head_dim, const ScoreRule& rule,
+                                             int code_i, int code_j) {
+  float dot = 0.f;
+  for (int d = 0; d < head_dim; ++d) dot = fmaf(q[d], k[d], dot);
+  return rule(dot, code_i, code_j);
+}
+
+}  // namespace attention
+}  // namespace mambaic
