@@ -21,6 +21,8 @@
 
 #pragma once
 
+#include <type_traits>
+
 #include "element.cuh"
 #include "window_attention.h"
 
@@ -83,6 +85,28 @@ __device__ __forceinline__ void load_row(const T* qkv, const WindowAttentionPara
   const T* src = qkv + token * 3 * dim + part * dim + head * p.head_dim;
 #pragma unroll
   for (int d = 0; d < kHD; ++d) dst[d] = d < p.head_dim ? to_float(src[d]) : 0.f;
+}
+
+// Launches kernel_of(T{}, kHD) (a kernel instantiation: T the element type, kHD the head_dim bucket,
+// 16 or kMaxHeadDim, both as compile-time constants), one block of `threads` per (image, window,
+// head), with smem_of(kHD) bytes of dynamic shared memory: allowed past the 48 KiB default on each
+// call, as the attribute belongs to the current device (a refusal shows as the launch's error).
+template <typename KernelOf, typename SmemOf>
+void launch_windows(const WindowAttentionParams& p, int threads, cudaStream_t stream, KernelOf&& kernel_of,
+                    SmemOf&& smem_of) {
+  const int64_t blocks = p.batch * (p.height / p.window) * (p.width / p.window) * p.heads;
+  if (blocks == 0) return;
+  with_element(p.element, [&](auto t) {
+    auto launch = [&](auto head_dim) {
+      const auto kernel = kernel_of(t, head_dim);
+      const size_t bytes = smem_of(head_dim);
+      if (bytes > 48 * 1024)
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+      kernel<<<static_cast<unsigned>(blocks), threads, bytes, stream>>>(p);
+    };
+    if (p.head_dim <= 16) launch(std::integral_constant<int, 16>{});
+    else launch(std::integral_constant<int, kMaxHeadDim>{});
+  });
 }
 
 }  // namespace attention

@@ -157,31 +157,15 @@ __global__ void __launch_bounds__(kBwdThreads) window_attention_bwd_kernel(Windo
   }
 }
 
-template <typename T, int kHD>
-void launch_with(const WindowAttentionParams& p, unsigned blocks, cudaStream_t stream) {
-  auto kernel = window_attention_bwd_kernel<T, kHD>;
-  static const cudaError_t allowed =  // once per instantiation: above the 48 KiB default
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, BwdSmem<kHD>::kBytes);
-  (void)allowed;  // a failure shows as the launch's error
-  kernel<<<blocks, kBwdThreads, BwdSmem<kHD>::kBytes, stream>>>(p);
-}
-
-template <typename T>
-void launch(const WindowAttentionParams& p, unsigned blocks, cudaStream_t stream) {
-  if (p.head_dim <= 16)
-    launch_with<T, 16>(p, blocks, stream);
-  else
-    launch_with<T, kMaxHeadDim>(p, blocks, stream);
-}
-
 }  // namespace
 }  // namespace attention
 
 void window_attention_bwd_launch(const WindowAttentionParams& p, cudaStream_t stream) {
-  const int64_t blocks = p.batch * (p.height / p.window) * (p.width / p.window) * p.heads;
-  if (blocks == 0) return;
-  const auto n = static_cast<unsigned>(blocks);
-  with_element(p.element, [&](auto t) { attention::launch<decltype(t)>(p, n, stream); });
+  using namespace attention;
+  launch_windows(
+      p, kBwdThreads, stream,
+      [](auto t, auto head_dim) { return window_attention_bwd_kernel<decltype(t), decltype(head_dim)::value>; },
+      [](auto head_dim) { return BwdSmem<decltype(head_dim)::value>::kBytes; });
 }
 
 }  // namespace mambaic

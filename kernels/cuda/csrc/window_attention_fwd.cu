@@ -82,14 +82,6 @@ __global__ void __launch_bounds__(kFwdThreads, kHD <= 16 ? 3 : 2) window_attenti
     if (d % kSplit == part && d < p.head_dim) out[d] = from_float<T>(o[d] * inv);
 }
 
-template <typename T>
-void launch(const WindowAttentionParams& p, unsigned blocks, cudaStream_t stream) {
-  if (p.head_dim <= 16)
-    window_attention_fwd_kernel<T, 16><<<blocks, kFwdThreads, 0, stream>>>(p);
-  else
-    window_attention_fwd_kernel<T, kMaxHeadDim><<<blocks, kFwdThreads, 0, stream>>>(p);
-}
-
 }  // namespace
 }  // namespace attention
 
@@ -103,10 +95,11 @@ const char* window_attention_unsupported(const WindowAttentionParams& p) {
 }
 
 void window_attention_fwd_launch(const WindowAttentionParams& p, cudaStream_t stream) {
-  const int64_t blocks = p.batch * (p.height / p.window) * (p.width / p.window) * p.heads;
-  if (blocks == 0) return;
-  const auto n = static_cast<unsigned>(blocks);
-  with_element(p.element, [&](auto t) { attention::launch<decltype(t)>(p, n, stream); });
+  using namespace attention;
+  launch_windows(
+      p, kFwdThreads, stream,
+      [](auto t, auto head_dim) { return window_attention_fwd_kernel<decltype(t), decltype(head_dim)::value>; },
+      [](auto) { return size_t{0}; });
 }
 
 }  // namespace mambaic

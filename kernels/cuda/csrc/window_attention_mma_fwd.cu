@@ -84,22 +84,15 @@ __global__ void __launch_bounds__(kMmaThreads) window_attention_mma_fwd_kernel(c
   store_rows<T, kTiles>(out, dim, channel0, p.head_dim, tok, win.tokens, r0, l, o, 1.f / sum0, 1.f / sum1);
 }
 
-template <typename T>
-void launch(const WindowAttentionParams& p, unsigned blocks, cudaStream_t stream) {
-  if (p.head_dim <= 16)
-    window_attention_mma_fwd_kernel<T, 16><<<blocks, kMmaThreads, 0, stream>>>(p);
-  else
-    window_attention_mma_fwd_kernel<T, kMaxHeadDim><<<blocks, kMmaThreads, 0, stream>>>(p);
-}
-
 }  // namespace
 }  // namespace attention
 
 void window_attention_mma_fwd_launch(const WindowAttentionParams& p, cudaStream_t stream) {
-  const int64_t blocks = p.batch * (p.height / p.window) * (p.width / p.window) * p.heads;
-  if (blocks == 0) return;
-  const auto n = static_cast<unsigned>(blocks);
-  with_element(p.element, [&](auto t) { attention::launch<decltype(t)>(p, n, stream); });
+  using namespace attention;
+  launch_windows(
+      p, kMmaThreads, stream,
+      [](auto t, auto head_dim) { return window_attention_mma_fwd_kernel<decltype(t), decltype(head_dim)::value>; },
+      [](auto) { return size_t{0}; });
 }
 
 }  // namespace mambaic
