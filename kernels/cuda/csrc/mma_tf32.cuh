@@ -204,24 +204,36 @@ struct ScoreRule {
   }
 };
 
-// Rows [0, 64) x [channel0, channel0 + kHD) of dst (kStride floats a row) from the window's tokens
-// in a (positions, channels) map, zeros past head_dim and past the window. True if every loaded
-// value splits. Threads take consecutive channels: a warp reads whole rows.
-template <typename T, int kHD, int kStride>
-__device__ bool stage_rows(const T* map, int64_t channels, int channel0, int head_dim, const TokenTable& tok,
-                           int tokens, float* dst) {
-  bool ok = true;
-  for (int idx = threadIdx.x; idx < kTokens * kHD; idx += kMmaThreads) {
-    const int t = idx / kHD, d = idx % kHD;
-    float x = 0.f;
-    if (t < tokens && d < head_dim) {
-      x = to_float(map[tok.offset[t] * channels + channel0 + d]);
-      ok &= mma::splittable(x);
+// One matrix of the window, rows [0, 64) x channels [channel0, channel0 + kHD) of a (positions, channels)
+// map, staged through registers: zeros past head_dim and past the window. Threads take consecutive
+// channels (a warp reads whole rows), and each thread loads all of its values before it stores any,
+// so that a block waits for global memory once per kernel, not once per value.
+template <typename T, int kHD>
+struct StagedRows {
+  static constexpr int kPerThread = kTokens * kHD / kMmaThreads;
+  float x[kPerThread];
+
+  __device__ void load(const T* map, int64_t channels, int channel0, int head_dim, const TokenTable& tok,
+                       int tokens) {
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const int idx = threadIdx.x + k * kMmaThreads, t = idx / kHD, d = idx % kHD;
+      x[k] = t < tokens && d < head_dim ? to_float(map[tok.offset[t] * channels + channel0 + d]) : 0.f;
     }
-    dst[t * kStride + d] = x;
   }
-  return ok;
-}
+  // To dst (kStride floats a row); true if every value splits.
+  template <int kStride>
+  __device__ bool store(float* dst) const {
+    bool ok = true;
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const int idx = threadIdx.x + k * kMmaThreads;
+      dst[idx / kHD * kStride + idx % kHD] = x[k];
+      ok &= mma::splittable(x[k]);
+    }
+    return ok;
+  }
+};
 
 // S = scale Q K^T + bias, masked, for the warp's query rows r0 .. r0+15 and all 64 keys: s[nt] is the
 // C tile of keys 8nt .. 8nt+7. Key tiles past the window are -inf without a product, padded keys

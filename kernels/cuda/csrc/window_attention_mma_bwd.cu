@@ -198,10 +198,13 @@ __global__ void __launch_bounds__(kMmaThreads, 2) window_attention_mma_bwd_kerne
 
   const T* qkv = static_cast<const T*>(p.qkv);
   const int dim = p.heads * p.head_dim, channel0 = win.head * p.head_dim, hd = p.head_dim, n = win.tokens;
-  bool ok = stage_rows<T, kHD, S::kRowQ>(qkv, 3 * dim, channel0, hd, tok, n, smem + S::kQ);
-  ok &= stage_rows<T, kHD, S::kRowK>(qkv, 3 * dim, dim + channel0, hd, tok, n, smem + S::kK);
-  ok &= stage_rows<T, kHD, S::kRowK>(qkv, 3 * dim, 2 * dim + channel0, hd, tok, n, smem + S::kV);
-  ok &= stage_rows<T, kHD, S::kRowQ>(static_cast<const T*>(p.dout), dim, channel0, hd, tok, n, smem + S::kDout);
+  StagedRows<T, kHD> q, k, v, g;
+  q.load(qkv, 3 * dim, channel0, hd, tok, n);
+  k.load(qkv, 3 * dim, dim + channel0, hd, tok, n);
+  v.load(qkv, 3 * dim, 2 * dim + channel0, hd, tok, n);
+  g.load(static_cast<const T*>(p.dout), dim, channel0, hd, tok, n);
+  const bool ok = q.template store<S::kRowQ>(smem + S::kQ) & k.template store<S::kRowK>(smem + S::kK) &
+                  v.template store<S::kRowK>(smem + S::kV) & g.template store<S::kRowQ>(smem + S::kDout);
   const bool exact = __syncthreads_or(!ok) || !mma::kTensorCores;
   const ScoreRule rule(bias_s, p.scale, win.w);
   T* dqkv = static_cast<T*>(p.out);

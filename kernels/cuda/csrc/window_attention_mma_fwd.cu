@@ -54,9 +54,11 @@ __global__ void __launch_bounds__(kMmaThreads) window_attention_mma_fwd_kernel(c
 
   const T* qkv = static_cast<const T*>(p.qkv);
   const int dim = p.heads * p.head_dim, channel0 = win.head * p.head_dim;
-  bool ok = stage_rows<T, kHD, kRow>(qkv, 3 * dim, channel0, p.head_dim, tok, win.tokens, q_s);
-  ok &= stage_rows<T, kHD, kRow>(qkv, 3 * dim, dim + channel0, p.head_dim, tok, win.tokens, k_s);
-  ok &= stage_rows<T, kHD, kRow>(qkv, 3 * dim, 2 * dim + channel0, p.head_dim, tok, win.tokens, v_s);
+  StagedRows<T, kHD> q, k, v;
+  q.load(qkv, 3 * dim, channel0, p.head_dim, tok, win.tokens);
+  k.load(qkv, 3 * dim, dim + channel0, p.head_dim, tok, win.tokens);
+  v.load(qkv, 3 * dim, 2 * dim + channel0, p.head_dim, tok, win.tokens);
+  const bool ok = q.template store<kRow>(q_s) & k.template store<kRow>(k_s) & v.template store<kRow>(v_s);
   const bool exact = __syncthreads_or(!ok) || !mma::kTensorCores;
   const ScoreRule rule(bias_s, p.scale, win.w);
   T* out = static_cast<T*>(p.out);
