@@ -8,8 +8,8 @@ or, without it, compiled with nvcc the first time the backend loads on a machine
 backend under ``auto``; an explicit ``cuda`` request for it is an error that says why.
 
 Both ops have CUDA backward passes: the selective scan's from the tile states its forward saves,
-the SS2D core's a pair of directions at a time (ss2d_core.py: the pair's scans again for their tile
-states, then one launch of the backward scan for both).
+the SS2D core's a pair of directions at a time (ss2d_core.py: the pair's tile states, from its
+forward under PENDING or from its scans run again, then one launch of the backward scan for both).
 """
 
 from __future__ import annotations

@@ -81,12 +81,11 @@ def recomputed_grads(selective_scan, inputs, needs_grad, dout):
     return tuple(leaf.grad if needs else None for leaf, needs in zip(leaves, needs_grad))
 
 
-def register_fused_core(op, scan, extra_args: int = 0, fake: bool = True, grads_of=None) -> None:
+def register_fused_core(op, scan, extra_args: int = 0, fake: bool = True) -> None:
     """Give a backend's fused ss2d_core custom op (its inputs: ss2d_core's six, then ``extra_args``
     settings without gradients) its fake kernel (unless ``fake`` is False: a triton_op traces
-    through its kernels) and its backward: ``grads_of(inputs, needs_grad, dout)`` where the backend
-    has its own, else the recomputing one (recomputed_grads) over the selective scan that
-    ``scan()`` returns."""
+    through its kernels) and the recomputing backward (recomputed_grads) over the selective scan
+    that ``scan()`` returns. (The cuda core registers its own: kernels/cuda/ss2d_core.py.)"""
     if fake:
 
         @op.register_fake
@@ -98,10 +97,7 @@ def register_fused_core(op, scan, extra_args: int = 0, fake: bool = True, grads_
         ctx.save_for_backward(*inputs[:6])
 
     def backward(ctx, dout):
-        if grads_of is not None:
-            grads = grads_of(ctx.saved_tensors, ctx.needs_input_grad[:6], dout)
-        else:
-            grads = recomputed_grads(scan(), ctx.saved_tensors, ctx.needs_input_grad[:6], dout)
+        grads = recomputed_grads(scan(), ctx.saved_tensors, ctx.needs_input_grad[:6], dout)
         return (*grads, *([None] * extra_args))
 
     op.register_autograd(backward, setup_context=setup_context)
