@@ -42,8 +42,8 @@ AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 # Ops whose order differs, with the measured reason (H100, 2026-12-07, bench/RESULTS.md):
 # cross_scan / cross_merge: the cuda merge forward is 5-17% slower than Triton's (scalar loads
 # against Triton's 16-byte vectors), though the cuda scan is 1.7-3.7x faster; window_attention: on
-# the 2K latent the cuda kernels take 0.088 ms of GPU time forward and 0.25 ms fwd+bwd, Triton's
-# tensor-core tiles 0.017 and 0.089 ms. Auto keeps Triton for both.
+# the 2K latent the cuda kernels (tensor cores) take 0.128 ms of GPU time fwd+bwd, Triton's 0.088 ms
+# (H100, eleventh session). Auto keeps Triton for both.
 AUTO_ORDER_BY_OP = {
     "cross_scan": {"cuda": ("triton", "cuda", "torch")},
     "cross_merge": {"cuda": ("triton", "cuda", "torch")},

@@ -23,8 +23,8 @@ from ..cuda_build import JIT_NAME, library_header_flags, point_at_toolkit
 
 CSRC = Path(__file__).parent / "csrc"
 
-# Kernel paths written on a machine without a GPU and not yet run on one: off unless
-# MAMBAIC_CUDA_PENDING=1, which the GPU verification run sets. Each becomes the default, and its
+# Kernel paths whose GPU verification (parity and benchmark) is not complete: off unless
+# MAMBAIC_CUDA_PENDING=1, which the verification run sets. Each becomes the default, and its
 # switch goes, once its parity and benchmark runs pass (docs/cuda_pending.md lists them).
 PENDING = os.environ.get("MAMBAIC_CUDA_PENDING", "") == "1"
 

@@ -17,7 +17,7 @@ Live (batch, dim, L) float32 maps besides u: cols and the two accumulators (plus
 
 With ``save_states`` the scan also writes the state entering every tile of 512 steps of each
 direction, (2 pairs, 2, batch, dim, tiles, N): 1/32 of a map per direction, what the backward needs
-besides the inputs. (Pending: on only with MAMBAIC_CUDA_PENDING=1 until it has run on a GPU.)
+besides the inputs. (Pending: on only with MAMBAIC_CUDA_PENDING=1 until the training step is measured with it.)
 
 The backward (mambaic::ss2d_core_bwd_cuda) runs one pair of directions at a time, cols (1, 3)
 then rows (0, 2), with no flip and no copy of B or C:

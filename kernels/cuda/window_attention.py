@@ -1,12 +1,12 @@
 """`cuda` backend of window_attention: the kernels of csrc/window_attention_{fwd,bwd}.cu, one block
-per (image, window, head) and four threads per token (the algorithm: csrc/window_attention.cuh);
-with PENDING (MAMBAIC_CUDA_PENDING=1), those of csrc/window_attention_mma_{fwd,bwd}.cu, on the
-tensor cores, until they have run on a GPU.
+of four warps per (image, window, head), the products on tensor cores (mma.sync on tf32 operands
+split in three: float32 accuracy; the algorithm: csrc/window_attention.cuh, mma_tf32.cuh).
 
 float32 / float16 / bfloat16 qkv, float32 arithmetic; the bias table is passed as float32 and its
 gradient comes back as one partial per (image, window), summed here in a fixed order. Windows up
-to 8 x 8 and head_dim up to 32 (a quarter of a row of scores, q, dO and dq in registers); other calls go to the
-next backend under auto, or fail with that reason when cuda is asked for.
+to 8 x 8 (64 query rows: four warps of 16) and head_dim up to 32 (the widest head the kernels are
+built for); other calls go to the next backend under auto, or fail with that reason when cuda is
+asked for.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import torch
 from .. import _backend
 from .._backend import direct_launch_ok
 from ..window_attention import register_backward
-from . import PENDING  # a module global, read at each call (the tests switch it)
 from . import _ext, supports_device
 
 _MAX_WINDOW, _MAX_HEAD_DIM = 8, 32  # csrc/window_attention.h: kMaxWindow, kMaxHeadDim
@@ -31,7 +30,7 @@ def _table32(rel_pos_bias: torch.Tensor) -> torch.Tensor:
 def window_attention_fwd_cuda(qkv: torch.Tensor, rel_pos_bias: torch.Tensor, heads: int, window: int,
                               shifted: bool) -> torch.Tensor:
     """(batch, H, W, dim) from qkv (batch, H, W, 3 dim), in qkv's dtype."""
-    return _ext.window_attention_fwd(qkv, _table32(rel_pos_bias), heads, window, shifted, PENDING)
+    return _ext.window_attention_fwd(qkv, _table32(rel_pos_bias), heads, window, shifted)
 
 
 @window_attention_fwd_cuda.register_fake
@@ -45,7 +44,7 @@ def window_attention_bwd_cuda(grad: torch.Tensor, qkv: torch.Tensor, rel_pos_bia
                               window: int, shifted: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(d qkv in qkv's dtype, d rel_pos_bias in its dtype)."""
     dqkv, parts = _ext.window_attention_bwd(grad.to(qkv.dtype).contiguous(), qkv, _table32(rel_pos_bias),
-                                            heads, window, shifted, PENDING)
+                                            heads, window, shifted)
     return dqkv, parts.sum(0).to(rel_pos_bias.dtype)
 
 
@@ -60,7 +59,7 @@ register_backward("mambaic::window_attention_fwd_cuda", window_attention_bwd_cud
 def window_attention(qkv, rel_pos_bias, heads, window, shifted):
     """The backend entry point registered with _backend (arguments already checked)."""
     if direct_launch_ok(qkv, rel_pos_bias):
-        return _ext.window_attention_fwd(qkv, _table32(rel_pos_bias), heads, window, shifted, PENDING)
+        return _ext.window_attention_fwd(qkv, _table32(rel_pos_bias), heads, window, shifted)
     return torch.ops.mambaic.window_attention_fwd_cuda(qkv, rel_pos_bias, heads, window, shifted)
 
 
@@ -69,9 +68,9 @@ def supports(device: str, dtype: torch.dtype, window: int | None = None, head_di
     if why is not None:
         return why
     if window is not None and window > _MAX_WINDOW:
-        return f"the cuda window_attention kernels take one thread per token, window <= {_MAX_WINDOW}, got window={window}"
+        return f"the cuda window_attention kernels take 64 tokens a window, window <= {_MAX_WINDOW}, got window={window}"
     if head_dim is not None and head_dim > _MAX_HEAD_DIM:
-        return (f"the cuda window_attention kernels hold q, dO and dq rows in registers, head_dim <= {_MAX_HEAD_DIM}, "
+        return (f"the cuda window_attention kernels are built for head_dim <= {_MAX_HEAD_DIM}, "
                 f"got head_dim={head_dim}")
     return None
 

@@ -86,9 +86,8 @@ def test_window_attention_backend(backend, case, dtype, shifted):
     check_backend(backend, case, dtype, shifted)
 
 
-# Every window size and head size the cuda tensor-core kernels take (pending a GPU run:
-# kernels/cuda/__init__.py, PENDING), where their padding to 64 tokens and to whole 8-channel
-# steps shows: (batch, H, W, heads, head_dim, window), H != W.
+# Every window size and head size the cuda kernels take, where their padding to 64 tokens and to
+# whole 8-channel tensor-core steps shows: (batch, H, W, heads, head_dim, window), H != W.
 TENSOR_CORE_CASES = [
     pytest.param((2, 16, 24, 2, 16, 8), id="B2-H16-W24-h2-d16-w8"),
     pytest.param((1, 14, 21, 3, 12, 7), id="B1-H14-W21-h3-d12-w7"),
@@ -102,13 +101,10 @@ TENSOR_CORE_CASES = [
 @pytest.mark.parametrize("shifted", [False, True], ids=["plain", "shifted"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", TENSOR_CORE_CASES)
-def test_cuda_tensor_core_kernels(case, dtype, shifted, monkeypatch):
+def test_cuda_tensor_core_kernels(case, dtype, shifted):
     if DEVICE != "cuda":
         pytest.skip("the cuda kernels take CUDA tensors; this run's tensors are on the CPU")
     require("window_attention", "cuda", torch.empty(1, device=DEVICE, dtype=dtype), window=case[5], head_dim=case[4])
-    from mambaic_kernels.cuda import window_attention as cuda_window_attention
-
-    monkeypatch.setattr(cuda_window_attention, "PENDING", True)
     check_backend("cuda", case, dtype, shifted)
 
 

@@ -353,23 +353,20 @@ mambaic::WindowAttentionParams attention_params(const at::Tensor& qkv, const at:
 }
 
 // (batch, H, W, dim) from qkv (batch, H, W, 3 dim) and the float32 table (heads, 2w-1, 2w-1).
-// tensor_cores: the mma.sync kernels (window_attention_mma_*.cu, pending a GPU run) in place of the
-// four-threads-per-token ones; the same inputs, outputs and limits.
 at::Tensor window_attention_fwd(const at::Tensor& qkv, const at::Tensor& table, int64_t heads, int64_t window,
-                                bool shifted, bool tensor_cores) {
+                                bool shifted) {
   auto p = attention_params(qkv, table, heads, window, shifted);
   c10::cuda::CUDAGuard guard(qkv.device());
   auto out = qkv.new_empty({qkv.size(0), qkv.size(1), qkv.size(2), qkv.size(3) / 3});
   p.out = out.data_ptr();
-  (tensor_cores ? mambaic::window_attention_mma_fwd_launch : mambaic::window_attention_fwd_launch)(
-      p, at::cuda::getCurrentCUDAStream());
+  mambaic::window_attention_fwd_launch(p, at::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
 // (d qkv, d table as one float32 partial per (image, window)) from dout (batch, H, W, dim).
 std::vector<at::Tensor> window_attention_bwd(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& table,
-                                             int64_t heads, int64_t window, bool shifted, bool tensor_cores) {
+                                             int64_t heads, int64_t window, bool shifted) {
   auto p = attention_params(qkv, table, heads, window, shifted);
   check_cuda_tensor(dout, "dout", 4);
   TORCH_CHECK(dout.scalar_type() == qkv.scalar_type(), "dout must have qkv's dtype ", qkv.scalar_type(), ", got ",
@@ -380,8 +377,7 @@ std::vector<at::Tensor> window_attention_bwd(const at::Tensor& dout, const at::T
   const int64_t windows = p.batch * (p.height / window) * (p.width / window);
   auto parts = table.new_empty({windows, heads, 2 * window - 1, 2 * window - 1});
   p.dout = dout.data_ptr(), p.out = dqkv.data_ptr(), p.dtable_parts = parts.data_ptr<float>();
-  (tensor_cores ? mambaic::window_attention_mma_bwd_launch : mambaic::window_attention_bwd_launch)(
-      p, at::cuda::getCurrentCUDAStream());
+  mambaic::window_attention_bwd_launch(p, at::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {dqkv, parts};
 }
@@ -399,12 +395,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cross_scan", &cross_scan, "the four scan orders of a map: (batch, 4, C, L)");
   m.def("cross_merge", &cross_merge, "the sum of four scan-order sequences, back on the map", py::arg("y"),
         py::arg("channel_last"), py::arg("direct_rows") = false);
-  m.def("window_attention_fwd", &window_attention_fwd, "Swin window attention forward, one block per (window, head)",
-        py::arg("qkv"), py::arg("table"), py::arg("heads"), py::arg("window"), py::arg("shifted"),
-        py::arg("tensor_cores") = false);
-  m.def("window_attention_bwd", &window_attention_bwd, "its backward: d qkv and per-window partials of d table",
-        py::arg("dout"), py::arg("qkv"), py::arg("table"), py::arg("heads"), py::arg("window"), py::arg("shifted"),
-        py::arg("tensor_cores") = false);
+  m.def("window_attention_fwd", &window_attention_fwd, "Swin window attention forward, one block per (window, head)");
+  m.def("window_attention_bwd", &window_attention_bwd, "its backward: d qkv and per-window partials of d table");
   m.def("transpose", &transpose, "batched transpose, optionally accumulating");
   m.attr("scan_tile") = mambaic::kScanTile;  // the fake kernels' tile_states shape
 }

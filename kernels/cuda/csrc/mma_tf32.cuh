@@ -1,6 +1,6 @@
 // Tensor-core matrix products of float32 data (mma.sync m16n8k8 on tf32 operands, sm_80 and later),
 // made float32-accurate by the 3xTF32 split; and the parts of the window attention kernels on
-// tensor cores (window_attention_mma_{fwd,bwd}.cu) that both passes share.
+// tensor cores (window_attention_{fwd,bwd}.cu) that both passes share.
 //
 // 3xTF32: x = hi + lo, hi = tf32(x), lo = tf32(x - hi), so that x - hi - lo is about 2^-22 |x|, and
 // a b ~= a_hi b_hi + a_hi b_lo + a_lo b_hi (a_lo b_lo, about 2^-22 |a b|, is dropped): three mma per
@@ -138,7 +138,7 @@ __device__ __forceinline__ void mma3(float (&d)[4], const FragA& a, const FragB&
 // The window's rows of the head are staged in shared memory as float32, with each token's map
 // offset and score code (bias position and shifted-mask region). Each block checks that every
 // staged value splits; if one does not (NaN, Inf), the whole block takes the exact float32 path,
-// which reproduces the SIMT kernels' non-finite pattern.
+// which reproduces the reference's non-finite pattern.
 namespace attention {
 
 constexpr int kMmaThreads = 128;

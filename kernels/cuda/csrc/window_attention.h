@@ -9,8 +9,8 @@
 
 namespace mambaic {
 
-constexpr int kMaxWindow = 8;    // w*w <= 64 tokens: four threads per token, 16 scores each in registers
-constexpr int kMaxHeadDim = 32;  // q, dO and dq rows in registers
+constexpr int kMaxWindow = 8;    // w*w <= 64 tokens: four warps of 16 query rows
+constexpr int kMaxHeadDim = 32;  // the widest head the kernels are built for (16 and 32)
 
 struct WindowAttentionParams {
   const void* qkv;         // (batch, H, W, 3 dim), channels (q|k|v, head, head_dim), in `element`
@@ -29,9 +29,5 @@ struct WindowAttentionParams {
 const char* window_attention_unsupported(const WindowAttentionParams& p);
 void window_attention_fwd_launch(const WindowAttentionParams& p, cudaStream_t stream);
 void window_attention_bwd_launch(const WindowAttentionParams& p, cudaStream_t stream);
-// The same inputs, outputs and limits on tensor cores (window_attention_mma_{fwd,bwd}.cu): mma.sync
-// on tf32 operands split in three for float32 accuracy, from sm_80 (older GPUs: an exact, slow path).
-void window_attention_mma_fwd_launch(const WindowAttentionParams& p, cudaStream_t stream);
-void window_attention_mma_bwd_launch(const WindowAttentionParams& p, cudaStream_t stream);
 
 }  // namespace mambaic

@@ -1,160 +1,223 @@
-// Window attention backward (the algorithm: window_attention.cuh).
+// Window attention backward on tensor cores (the semantics: window_attention.cuh), the products by
+// mma.sync with the 3xTF32 split (mma_tf32.cuh).
+//
+// Row phase, warp w and query rows 16w .. 16w+15, as the forward: P again (no statistics saved),
+// dP = dO V^T, D_i = sum_j P_ij dP_ij, dS = P (dP - D), dq = scale dS K (dS's C tiles as A tiles).
+// P and dS go to shared memory. Column phase, warp w and key rows 16w .. 16w+15: dk = scale dS^T Q
+// and dv = P^T dO, the transposes read as A tiles from shared memory. Every element of d qkv has
+// one owner (no atomics); d table: thread b sums dS over the token pairs of bin b, one partial per
+// block. Every sum has one fixed order: the same bits from run to run.
 
-#include "window_attention.cuh"
+#include "mma_tf32.cuh"
 
 namespace mambaic {
 namespace attention {
 namespace {
 
-constexpr int kBwdThreads = kTokens * kSplit;  // 256
-
-// Shared memory of one block, in floats: the window's q, dO, k and v rows (kHD + 4 floats apart, so
-// that the four keys a quarter-warp reads as float4 fall in different banks), the (token x token)
-// matrices P and dS (rows padded by one: a row written by one token, a column read by another,
-// both conflict-free) and the head's bias table.
-template <int kHD> struct BwdSmem {
-  static constexpr int kRow = kHD + 4, kMatrixRow = kTokens + 1, kRows = kTokens * kRow;
-  static constexpr int kQ = 0, kDout = kQ + kRows, kK = kDout + kRows, kV = kK + kRows, kP = kV + kRows,
-                       kDs = kP + kTokens * kMatrixRow, kBias = kDs + kTokens * kMatrixRow, kFloats = kBias + kBins;
+// Shared memory of one block, in floats. Row strides, so that every fragment access is free of bank
+// conflicts but one (the A tiles of Q and dO in the row phase, once per warp, two-way):
+//   Q, dO: B tiles of the column phase read rows t and t + 4: kRowQ == 8 (mod 16);
+//   K, V: B tiles read rows g (S, dP) or 2t and 2t + 1 (dq): kRowK == 4 (mod 16);
+//   P, dS: float2 stores of C tiles (half warps, rows g) and transposed A tiles (rows t): 72 == 8 (mod 32).
+template <int kHD> struct MmaBwdSmem {
+  static constexpr int kRowQ = kHD + 8, kRowK = kHD + 4, kMatrixRow = kTokens + 8;
+  static constexpr int kQ = 0, kDout = kQ + kTokens * kRowQ, kK = kDout + kTokens * kRowQ, kV = kK + kTokens * kRowK,
+                       kP = kV + kTokens * kRowK, kDs = kP + kTokens * kMatrixRow, kFloats = kDs + kTokens * kMatrixRow;
   static constexpr size_t kBytes = kFloats * sizeof(float);
 };
 
-template <int kHD>
-__device__ __forceinline__ float dot_row(const float* a, const float* b) {
-  const float4* a4 = reinterpret_cast<const float4*>(a);
-  const float4* b4 = reinterpret_cast<const float4*>(b);
-  float dot = 0.f;
+// Row phase of the warp owning query rows r0 .. r0+15 (r0 < tokens).
+template <typename T, int kHD>
+__device__ void bwd_rows(const WindowAttentionParams& p, const MmaWindow& win, const TokenTable& tok,
+                         const ScoreRule& rule, float* smem, T* dqkv, int dim, int channel0, int r0, mma::Lane l) {
+  using S = MmaBwdSmem<kHD>;
+  constexpr int kTiles = kHD / 8;
+  const int key_tiles = (win.tokens + 7) / 8, k_steps = (p.head_dim + 7) / 8;
+  float prob[8][4];
+  warp_scores<kHD, S::kRowQ, S::kRowK>(smem + S::kQ, smem + S::kK, tok, rule, r0, win.tokens, p.head_dim, l, prob);
+  float sum0, sum1;
+  softmax_rows(prob, sum0, sum1);
+  const float inv0 = 1.f / sum0, inv1 = 1.f / sum1;
 #pragma unroll
-  for (int d = 0; d < kHD / 4; ++d) {
-    const float4 x = a4[d], y = b4[d];
-    dot += x.x * y.x + x.y * y.y + x.z * y.z + x.w * y.w;
+  for (int nt = 0; nt < 8; ++nt) prob[nt][0] *= inv0, prob[nt][1] *= inv0, prob[nt][2] *= inv1, prob[nt][3] *= inv1;
+
+  float ds[8][4];  // dP, then dS
+  {
+    mma::FragA ga[kTiles];
+#pragma unroll
+    for (int kt = 0; kt < kTiles; ++kt)
+      if (kt < k_steps) ga[kt] = mma::load_a<S::kRowQ>(smem + S::kDout, r0, 8 * kt, l);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      ds[nt][0] = ds[nt][1] = ds[nt][2] = ds[nt][3] = 0.f;
+      if (nt >= key_tiles) continue;
+#pragma unroll
+      for (int kt = 0; kt < kTiles; ++kt)
+        if (kt < k_steps) mma::mma3(ds[nt], ga[kt], mma::load_b_nk<S::kRowK>(smem + S::kV, 8 * nt, 8 * kt, l));
+    }
   }
-  return dot;
+  float D0 = 0.f, D1 = 0.f;  // sum_j P_ij dP_ij of rows g and g + 8, in the order of softmax_rows' sums
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    D0 += prob[nt][0] * ds[nt][0], D0 += prob[nt][1] * ds[nt][1];
+    D1 += prob[nt][2] * ds[nt][2], D1 += prob[nt][3] * ds[nt][3];
+  }
+  D0 = token_sum(D0), D1 = token_sum(D1);
+  // dS = P (dP - D); P and dS of rows past the window are zero, so that the column phase may read them
+  const bool pad0 = r0 + l.g >= win.tokens, pad1 = r0 + l.g + 8 >= win.tokens;
+  float* p_s = smem + S::kP;
+  float* ds_s = smem + S::kDs;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    ds[nt][0] = pad0 ? 0.f : prob[nt][0] * (ds[nt][0] - D0), ds[nt][1] = pad0 ? 0.f : prob[nt][1] * (ds[nt][1] - D0);
+    ds[nt][2] = pad1 ? 0.f : prob[nt][2] * (ds[nt][2] - D1), ds[nt][3] = pad1 ? 0.f : prob[nt][3] * (ds[nt][3] - D1);
+    const int at = (r0 + l.g) * S::kMatrixRow + 8 * nt + 2 * l.t;  // C tile: (g, 2t), (g, 2t + 1); 8 rows below
+    *reinterpret_cast<float2*>(p_s + at) = pad0 ? make_float2(0.f, 0.f) : make_float2(prob[nt][0], prob[nt][1]);
+    *reinterpret_cast<float2*>(p_s + at + 8 * S::kMatrixRow) =
+        pad1 ? make_float2(0.f, 0.f) : make_float2(prob[nt][2], prob[nt][3]);
+    *reinterpret_cast<float2*>(ds_s + at) = make_float2(ds[nt][0], ds[nt][1]);
+    *reinterpret_cast<float2*>(ds_s + at + 8 * S::kMatrixRow) = make_float2(ds[nt][2], ds[nt][3]);
+  }
+
+  // dq = scale dS K: key tile nt is the k-step, dS's C tile its A tile
+  float dq[kTiles][4] = {};
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    if (nt >= key_tiles) continue;
+    const mma::FragA a = mma::a_from_c(ds[nt]);
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt)
+      if (dt < k_steps) mma::mma3(dq[dt], a, mma::load_b_kn_paired<S::kRowK>(smem + S::kK, 8 * nt, 8 * dt, l));
+  }
+  store_rows<T, kTiles>(dqkv, 3 * dim, channel0, p.head_dim, tok, win.tokens, r0, l, dq, p.scale, p.scale);
 }
 
-// Threads as in the forward: four per token (adjacent lanes), each taking every fourth key for the
-// row phase (P, dP, dS, dq); then, for the column phase (dk, dv), a quarter of the token's head_dim
-// each, over every query.
+// Column phase of the warp owning key rows j0 .. j0+15 (j0 < tokens): dk = scale dS^T Q, dv = P^T dO,
+// k-steps over the query tiles of the window.
 template <typename T, int kHD>
-__global__ void __launch_bounds__(kBwdThreads) window_attention_bwd_kernel(WindowAttentionParams p) {
-  static_assert(kHD % (4 * kSplit) == 0, "rows are read as float4, a quarter per thread");
-  using S = BwdSmem<kHD>;
-  constexpr int kKeys = kTokens / kSplit;
-  extern __shared__ __align__(16) float smem[];
-  float* bias = smem + S::kBias;
-  auto row = [&](int base, int token) { return smem + base + token * S::kRow; };
-  const Window win(p, threadIdx.x / kSplit);
-  const int part = threadIdx.x % kSplit, me = win.token;
-  const T* qkv = static_cast<const T*>(p.qkv);
-  const int side = 2 * win.w - 1, bins = side * side, dim = p.heads * p.head_dim;
-  const bool active = me < win.tokens;
-  for (int i = threadIdx.x; i < bins; i += blockDim.x) bias[i] = p.table[win.head * bins + i];
-  {  // the token's four rows, one per thread; zeros for a token past the window
-    const int base = part == 0 ? S::kQ : part == 1 ? S::kK : part == 2 ? S::kV : S::kDout;
-    float* dst = row(base, me);
-    if (!active) {
+__device__ void bwd_columns(const WindowAttentionParams& p, const MmaWindow& win, const TokenTable& tok,
+                            const float* smem, T* dqkv, int dim, int channel0, int j0, mma::Lane l) {
+  using S = MmaBwdSmem<kHD>;
+  constexpr int kTiles = kHD / 8;
+  const int query_tiles = (win.tokens + 7) / 8, d_tiles = (p.head_dim + 7) / 8;
+  float dk[kTiles][4] = {}, dv[kTiles][4] = {};
 #pragma unroll
-      for (int d = 0; d < kHD; ++d) dst[d] = 0.f;
-    } else if (part < 3) {
-      load_row<T, kHD>(qkv, p, win.token_offset, part, win.head, dst);
-    } else {
-      const T* src = static_cast<const T*>(p.dout) + win.token_offset * dim + win.head * p.head_dim;
+  for (int it = 0; it < 8; ++it) {
+    if (it >= query_tiles) continue;
+    const mma::FragA pa = mma::load_a_transposed<S::kMatrixRow>(smem + S::kP, j0, 8 * it, l);
+    const mma::FragA sa = mma::load_a_transposed<S::kMatrixRow>(smem + S::kDs, j0, 8 * it, l);
 #pragma unroll
-      for (int d = 0; d < kHD; ++d) dst[d] = d < p.head_dim ? to_float(src[d]) : 0.f;
+    for (int dt = 0; dt < kTiles; ++dt) {
+      if (dt >= d_tiles) continue;
+      mma::mma3(dv[dt], pa, mma::load_b_kn<S::kRowQ>(smem + S::kDout, 8 * it, 8 * dt, l));
+      mma::mma3(dk[dt], sa, mma::load_b_kn<S::kRowQ>(smem + S::kQ, 8 * it, 8 * dt, l));
     }
   }
-  __syncthreads();
+  store_rows<T, kTiles>(dqkv, 3 * dim, dim + channel0, p.head_dim, tok, win.tokens, j0, l, dk, p.scale, p.scale);
+  store_rows<T, kTiles>(dqkv, 3 * dim, 2 * dim + channel0, p.head_dim, tok, win.tokens, j0, l, dv, 1.f, 1.f);
+}
 
-  T* d_token = static_cast<T*>(p.out) + win.token_offset * 3 * dim + win.head * p.head_dim;  // q slot
-  {  // every token, a zero row past the window included: the shuffles need all four lanes
-    // P's row, as the forward computes it, over this thread's keys
-    const float* q = row(S::kQ, me);
-    const float* g = row(S::kDout, me);
-    float prob[kKeys], dp[kKeys];
+// Exact float32 path of a block holding a non-finite value: thread i takes query row i (P, dP, dS to
+// shared memory, dq), then key row i (dk, dv); sums in token and channel order.
+template <typename T, int kHD>
+__device__ void exact_backward(const WindowAttentionParams& p, const MmaWindow& win, const TokenTable& tok,
+                               const ScoreRule& rule, float* smem, T* dqkv, int dim, int channel0) {
+  using S = MmaBwdSmem<kHD>;
+  const int n = win.tokens, hd = p.head_dim, me = threadIdx.x;
+  const float *q_s = smem + S::kQ, *g_s = smem + S::kDout, *k_s = smem + S::kK, *v_s = smem + S::kV;
+  float *p_s = smem + S::kP, *ds_s = smem + S::kDs;
+  if (me < n) {
+    float *prob = p_s + me * S::kMatrixRow, *ds = ds_s + me * S::kMatrixRow;
+    const float *q = q_s + me * S::kRowQ, *g = g_s + me * S::kRowQ;
     float top = -INFINITY;
-#pragma unroll
-    for (int jj = 0; jj < kKeys; ++jj) {
-      const int j = jj * kSplit + part;
-      prob[jj] = -INFINITY, dp[jj] = 0.f;
-      if (j < win.tokens) {
-        const int ki = j / win.w, kj = j % win.w;
-        const float s = dot_row<kHD>(q, row(S::kK, j)) * p.scale +
-                        bias[(win.ti - ki + win.w - 1) * side + win.tj - kj + win.w - 1];
-        prob[jj] = win.masked(p, ki, kj) ? -INFINITY : s;
-        top = fmaxf(top, prob[jj]);
-        dp[jj] = dot_row<kHD>(g, row(S::kV, j));
-      }
+    for (int j = 0; j < n; ++j) {
+      prob[j] = exact_score(q, k_s + j * S::kRowK, hd, rule, tok.code[me], tok.code[j]);
+      top = fmaxf(top, prob[j]);
     }
-    top = token_max(top);
     float total = 0.f;
-#pragma unroll
-    for (int jj = 0; jj < kKeys; ++jj)
-      if (jj * kSplit + part < win.tokens) prob[jj] = expf(prob[jj] - top), total += prob[jj];
-    const float inv = 1.f / token_sum(total);
-    float D = 0.f;  // sum_j P_ij dP_ij
-#pragma unroll
-    for (int jj = 0; jj < kKeys; ++jj)
-      if (jj * kSplit + part < win.tokens) prob[jj] *= inv, D += prob[jj] * dp[jj];
-    D = token_sum(D);
-    // dS_ij = P_ij (dP_ij - D_i); dq_i = scale sum_j dS_ij k_j
-    float dq[kHD] = {};
-#pragma unroll
-    for (int jj = 0; jj < kKeys; ++jj) {
-      const int j = jj * kSplit + part;
-      if (j < win.tokens) {
-        const float ds = prob[jj] * (dp[jj] - D);
-        if (active) smem[S::kP + me * S::kMatrixRow + j] = prob[jj], smem[S::kDs + me * S::kMatrixRow + j] = ds;
-        const float4* k = reinterpret_cast<const float4*>(row(S::kK, j));
-#pragma unroll
-        for (int d = 0; d < kHD / 4; ++d) {
-          const float4 kd = k[d];
-          dq[4 * d] += ds * kd.x, dq[4 * d + 1] += ds * kd.y, dq[4 * d + 2] += ds * kd.z, dq[4 * d + 3] += ds * kd.w;
-        }
-      }
+    for (int j = 0; j < n; ++j) prob[j] = expf(prob[j] - top), total += prob[j];
+    const float inv = 1.f / total;
+    float D = 0.f;
+    for (int j = 0; j < n; ++j) {
+      float dp = 0.f;
+      for (int d = 0; d < hd; ++d) dp = fmaf(g[d], v_s[j * S::kRowK + d], dp);
+      prob[j] *= inv, ds[j] = dp, D = fmaf(prob[j], dp, D);
     }
-#pragma unroll
-    for (int d = 0; d < kHD; ++d) dq[d] = token_sum(dq[d]);
-#pragma unroll
-    for (int d = 0; d < kHD; ++d)  // each of the four threads stores a quarter of the row
-      if (active && d % kSplit == part && d < p.head_dim) d_token[d] = from_float<T>(dq[d] * p.scale);
+    for (int j = 0; j < n; ++j) ds[j] = prob[j] * (ds[j] - D);
+    T* row = dqkv + tok.offset[me] * 3 * dim + channel0;
+    for (int d = 0; d < hd; ++d) {
+      float dq = 0.f;
+      for (int j = 0; j < n; ++j) dq = fmaf(ds[j], k_s[j * S::kRowK + d], dq);
+      row[d] = from_float<T>(dq * p.scale);
+    }
   }
   __syncthreads();
-
-  // Column phase, token j = me, head_dim quarter [d0, d0 + kHD / 4):
-  // dv_j = sum_i P_ij dO_i, dk_j = scale sum_i dS_ij q_i
-  if (active) {
-    constexpr int kQuarter = kHD / kSplit;
-    const int d0 = part * kQuarter;
-    float dv[kQuarter] = {}, dk[kQuarter] = {};
-    for (int i = 0; i < win.tokens; ++i) {
-      const float pij = smem[S::kP + i * S::kMatrixRow + me], ds = smem[S::kDs + i * S::kMatrixRow + me];
-      const float4* gi = reinterpret_cast<const float4*>(row(S::kDout, i) + d0);
-      const float4* qi = reinterpret_cast<const float4*>(row(S::kQ, i) + d0);
-#pragma unroll
-      for (int d = 0; d < kQuarter / 4; ++d) {
-        const float4 gd = gi[d], qd = qi[d];
-        dv[4 * d] += pij * gd.x, dv[4 * d + 1] += pij * gd.y, dv[4 * d + 2] += pij * gd.z, dv[4 * d + 3] += pij * gd.w;
-        dk[4 * d] += ds * qd.x, dk[4 * d + 1] += ds * qd.y, dk[4 * d + 2] += ds * qd.z, dk[4 * d + 3] += ds * qd.w;
+  if (me < n) {
+    T* row = dqkv + tok.offset[me] * 3 * dim + channel0;
+    for (int d = 0; d < hd; ++d) {
+      float dk = 0.f, dv = 0.f;
+      for (int i = 0; i < n; ++i) {
+        dk = fmaf(ds_s[i * S::kMatrixRow + me], q_s[i * S::kRowQ + d], dk);
+        dv = fmaf(p_s[i * S::kMatrixRow + me], g_s[i * S::kRowQ + d], dv);
       }
-    }
-#pragma unroll
-    for (int d = 0; d < kQuarter; ++d) {
-      if (d0 + d < p.head_dim) {
-        d_token[dim + d0 + d] = from_float<T>(dk[d] * p.scale);
-        d_token[2 * dim + d0 + d] = from_float<T>(dv[d]);
-      }
+      row[dim + d] = from_float<T>(dk * p.scale);
+      row[2 * dim + d] = from_float<T>(dv);
     }
   }
-  // d table: bin (a, c) holds the pairs with ti - ki = a - (w - 1) and tj - kj = c - (w - 1)
-  float* parts = p.dtable_parts + static_cast<int64_t>(blockIdx.x) * bins;
-  for (int bin = threadIdx.x; bin < bins; bin += blockDim.x) {
-    const int di = bin / side - (win.w - 1), dj = bin % side - (win.w - 1);
+}
+
+// d table partial of this block: bin (a, c) sums dS over the pairs with ti - ki = a - (w - 1) and
+// tj - kj = c - (w - 1), in (ti, tj) order; one partial per block, as the caller sums them.
+template <int kMatrixRow>
+__device__ void dtable_partials(const WindowAttentionParams& p, const MmaWindow& win, const float* ds_s) {
+  float* parts = p.dtable_parts + static_cast<int64_t>(blockIdx.x) * win.bins;
+  const int w = win.w;
+  for (int bin = threadIdx.x; bin < win.bins; bin += kMmaThreads) {
+    const int di = bin / win.side - (w - 1), dj = bin % win.side - (w - 1);
     float sum = 0.f;
-    for (int ti = max(0, di); ti < min(win.w, win.w + di); ++ti)
-      for (int tj = max(0, dj); tj < min(win.w, win.w + dj); ++tj)
-        sum += smem[S::kDs + (ti * win.w + tj) * S::kMatrixRow + (ti - di) * win.w + tj - dj];
+    for (int ti = max(0, di); ti < min(w, w + di); ++ti)
+      for (int tj = max(0, dj); tj < min(w, w + dj); ++tj)
+        sum += ds_s[(ti * w + tj) * kMatrixRow + (ti - di) * w + tj - dj];
     parts[bin] = sum;
   }
+}
+
+// Two blocks per SM: what shared memory allows for kHD = 32 (77 KiB a block); without the bound ptxas
+// held the kHD = 16 kernel to 96 registers for sm_80 and spilled.
+template <typename T, int kHD>
+__global__ void __launch_bounds__(kMmaThreads, 2) window_attention_bwd_kernel(const WindowAttentionParams p) {
+  static_assert(kHD % 8 == 0, "head_dim is padded to whole k-steps and column tiles");
+  using S = MmaBwdSmem<kHD>;
+  extern __shared__ __align__(16) float smem[];
+  __shared__ float bias_s[kBins];
+  __shared__ TokenTable tok;
+  const MmaWindow win(p);
+  win.describe_tokens(p, tok);
+  win.load_bias(p, bias_s);
+  __syncthreads();
+
+  const T* qkv = static_cast<const T*>(p.qkv);
+  const int dim = p.heads * p.head_dim, channel0 = win.head * p.head_dim, hd = p.head_dim, n = win.tokens;
+  StagedRows<T, kHD> q, k, v, g;
+  q.load(qkv, 3 * dim, channel0, hd, tok, n);
+  k.load(qkv, 3 * dim, dim + channel0, hd, tok, n);
+  v.load(qkv, 3 * dim, 2 * dim + channel0, hd, tok, n);
+  g.load(static_cast<const T*>(p.dout), dim, channel0, hd, tok, n);
+  const bool ok = q.template store<S::kRowQ>(smem + S::kQ) & k.template store<S::kRowK>(smem + S::kK) &
+                  v.template store<S::kRowK>(smem + S::kV) & g.template store<S::kRowQ>(smem + S::kDout);
+  const bool exact = __syncthreads_or(!ok) || !mma::kTensorCores;
+  const ScoreRule rule(bias_s, p.scale, win.w);
+  T* dqkv = static_cast<T*>(p.out);
+  if (exact) {
+    exact_backward<T, kHD>(p, win, tok, rule, smem, dqkv, dim, channel0);
+  } else {
+    const int r0 = threadIdx.x / 32 * 16;  // the warp's query rows, then its key rows
+    const mma::Lane l(threadIdx.x % 32);
+    if (r0 < n) bwd_rows<T, kHD>(p, win, tok, rule, smem, dqkv, dim, channel0, r0, l);
+    __syncthreads();
+    if (r0 < n) bwd_columns<T, kHD>(p, win, tok, smem, dqkv, dim, channel0, r0, l);
+  }
+  dtable_partials<S::kMatrixRow>(p, win, smem + S::kDs);  // dS is complete: both paths synchronised after it
 }
 
 }  // namespace
@@ -163,9 +226,9 @@ __global__ void __launch_bounds__(kBwdThreads) window_attention_bwd_kernel(Windo
 void window_attention_bwd_launch(const WindowAttentionParams& p, cudaStream_t stream) {
   using namespace attention;
   launch_windows(
-      p, kBwdThreads, stream,
+      p, kMmaThreads, stream,
       [](auto t, auto head_dim) { return window_attention_bwd_kernel<decltype(t), decltype(head_dim)::value>; },
-      [](auto head_dim) { return BwdSmem<decltype(head_dim)::value>::kBytes; });
+      [](auto head_dim) { return MmaBwdSmem<decltype(head_dim)::value>::kBytes; });
 }
 
 }  // namespace mambaic

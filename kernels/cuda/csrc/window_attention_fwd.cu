@@ -1,85 +1,89 @@
-// Window attention forward (the algorithm: window_attention.cuh).
+// Window attention forward on tensor cores (the semantics: window_attention.cuh), the products by
+// mma.sync with the 3xTF32 split (mma_tf32.cuh).
+//
+// Warp w, query rows 16w .. 16w+15: S = scale Q K^T + bias (8 key tiles of 16 x 8, k-steps of 8 over
+// head_dim), the row softmax in registers (each row in the four lanes of a group), O = P V with P's
+// C tiles used as A tiles directly (no shared-memory round trip), O divided by the row sums at the
+// end. Every sum has one fixed order: the same bits from run to run.
 
-#include "window_attention.cuh"
+#include "mma_tf32.cuh"
 
 namespace mambaic {
 namespace attention {
 namespace {
 
-constexpr int kFwdThreads = kTokens * kSplit;  // 256
-
-// Thread t serves query token t / 4 and keys j = t % 4, t % 4 + 4, ...: 16 scores in registers, not
-// 64, so that a block holds 256 threads with few registers each; the four threads of a token are
-// adjacent lanes and combine their max, sum and output rows with shuffles in a fixed order.
-template <typename T, int kHD>
-__global__ void __launch_bounds__(kFwdThreads, kHD <= 16 ? 3 : 2) window_attention_fwd_kernel(WindowAttentionParams p) {
-  static_assert(kHD % 4 == 0, "rows are read as float4");
-  constexpr int kKeys = kTokens / kSplit;
-  __shared__ __align__(16) float keys[kTokens][kHD], values[kTokens][kHD];
-  __shared__ float bias[kBins];
-  const Window win(p, threadIdx.x / kSplit);
-  const int part = threadIdx.x % kSplit;
-  const T* qkv = static_cast<const T*>(p.qkv);
-  const int side = 2 * win.w - 1, bins = side * side;
-  for (int i = threadIdx.x; i < bins; i += blockDim.x) bias[i] = p.table[win.head * bins + i];
-  const bool active = win.token < win.tokens;
-  float q[kHD];
-  if (active) {
-    load_row<T, kHD>(qkv, p, win.token_offset, 0, win.head, q);
-    if (part == 0) load_row<T, kHD>(qkv, p, win.token_offset, 1, win.head, keys[win.token]);
-    if (part == 1) load_row<T, kHD>(qkv, p, win.token_offset, 2, win.head, values[win.token]);
-  } else {
+// Exact float32 path of a block holding a non-finite value: thread i computes query row i as the
+// reference does (max, then exponentials, sums and products over the keys in order).
+template <typename T, int kHD, int kRow>
+__device__ void exact_forward(const WindowAttentionParams& p, const MmaWindow& win, const TokenTable& tok,
+                              const ScoreRule& rule, const float* q_s, const float* k_s, const float* v_s, T* out,
+                              int64_t channels, int channel0) {
+  const int i = threadIdx.x;
+  if (i >= win.tokens) return;
+  const float* q = q_s + i * kRow;
+  float top = -INFINITY;
+  for (int j = 0; j < win.tokens; ++j)
+    top = fmaxf(top, exact_score(q, k_s + j * kRow, p.head_dim, rule, tok.code[i], tok.code[j]));
+  float total = 0.f, o[kHD] = {};
+  for (int j = 0; j < win.tokens; ++j) {
+    const float e = expf(exact_score(q, k_s + j * kRow, p.head_dim, rule, tok.code[i], tok.code[j]) - top);
+    total += e;
 #pragma unroll
-    for (int d = 0; d < kHD; ++d) q[d] = 0.f;  // a token past the window: computed, never stored
+    for (int d = 0; d < kHD; ++d) o[d] = fmaf(e, v_s[j * kRow + d], o[d]);  // a masked key: 0 v
   }
+  const float inv = 1.f / total;
+  T* row = out + tok.offset[i] * channels + channel0;
+#pragma unroll
+  for (int d = 0; d < kHD; ++d)
+    if (d < p.head_dim) row[d] = from_float<T>(o[d] * inv);
+}
+
+template <typename T, int kHD>
+__global__ void __launch_bounds__(kMmaThreads) window_attention_fwd_kernel(const WindowAttentionParams p) {
+  static_assert(kHD % 8 == 0, "head_dim is padded to whole k-steps and column tiles");
+  // Row stride: kHD + 4 == 4 (mod 8) puts the A loads of Q and the B loads of K (8 rows g apart) in
+  // distinct banks, and kHD + 4 == 4 (mod 16) the paired B loads of V (rows 2t, 2t + 1).
+  constexpr int kRow = kHD + 4, kTiles = kHD / 8;
+  __shared__ __align__(16) float q_s[kTokens * kRow], k_s[kTokens * kRow], v_s[kTokens * kRow];
+  __shared__ float bias_s[kBins];
+  __shared__ TokenTable tok;
+  const MmaWindow win(p);
+  win.describe_tokens(p, tok);
+  win.load_bias(p, bias_s);
   __syncthreads();
 
-  float score[kKeys];
-  float top = -INFINITY;
+  const T* qkv = static_cast<const T*>(p.qkv);
+  const int dim = p.heads * p.head_dim, channel0 = win.head * p.head_dim;
+  StagedRows<T, kHD> q, k, v;
+  q.load(qkv, 3 * dim, channel0, p.head_dim, tok, win.tokens);
+  k.load(qkv, 3 * dim, dim + channel0, p.head_dim, tok, win.tokens);
+  v.load(qkv, 3 * dim, 2 * dim + channel0, p.head_dim, tok, win.tokens);
+  const bool ok = q.template store<kRow>(q_s) & k.template store<kRow>(k_s) & v.template store<kRow>(v_s);
+  const bool exact = __syncthreads_or(!ok) || !mma::kTensorCores;
+  const ScoreRule rule(bias_s, p.scale, win.w);
+  T* out = static_cast<T*>(p.out);
+  if (exact) return exact_forward<T, kHD, kRow>(p, win, tok, rule, q_s, k_s, v_s, out, dim, channel0);
+
+  const int r0 = threadIdx.x / 32 * 16;
+  if (r0 >= win.tokens) return;  // the warp's rows are all padding
+  const mma::Lane l(threadIdx.x % 32);
+  float s[8][4];
+  warp_scores<kHD, kRow, kRow>(q_s, k_s, tok, rule, r0, win.tokens, p.head_dim, l, s);
+  float sum0, sum1;
+  softmax_rows(s, sum0, sum1);
+
+  // O = exp(S - max) V: key tile nt is the k-step, its C tile the A tile (keys 2t, 2t + 1 as columns t, t + 4)
+  const int key_tiles = (win.tokens + 7) / 8, d_tiles = (p.head_dim + 7) / 8;
+  float o[kTiles][4] = {};
 #pragma unroll
-  for (int jj = 0; jj < kKeys; ++jj) {
-    const int j = jj * kSplit + part;
-    score[jj] = -INFINITY;
-    if (j < win.tokens) {
-      const int ki = j / win.w, kj = j % win.w;
-      const float4* k = reinterpret_cast<const float4*>(keys[j]);
-      float dot = 0.f;
+  for (int nt = 0; nt < 8; ++nt) {
+    if (nt >= key_tiles) continue;
+    const mma::FragA a = mma::a_from_c(s[nt]);
 #pragma unroll
-      for (int d = 0; d < kHD / 4; ++d) {
-        const float4 kd = k[d];
-        dot += q[4 * d] * kd.x + q[4 * d + 1] * kd.y + q[4 * d + 2] * kd.z + q[4 * d + 3] * kd.w;
-      }
-      const float s = dot * p.scale + bias[(win.ti - ki + win.w - 1) * side + win.tj - kj + win.w - 1];
-      score[jj] = win.masked(p, ki, kj) ? -INFINITY : s;
-      top = fmaxf(top, score[jj]);
-    }
+    for (int dt = 0; dt < kTiles; ++dt)
+      if (dt < d_tiles) mma::mma3(o[dt], a, mma::load_b_kn_paired<kRow>(v_s, 8 * nt, 8 * dt, l));
   }
-  top = token_max(top);  // the token sees itself: finite
-  float total = 0.f, o[kHD] = {};
-#pragma unroll
-  for (int jj = 0; jj < kKeys; ++jj) {
-    const int j = jj * kSplit + part;
-    if (j < win.tokens) {
-      const float e = expf(score[jj] - top);
-      total += e;
-      const float4* v = reinterpret_cast<const float4*>(values[j]);
-#pragma unroll
-      for (int d = 0; d < kHD / 4; ++d) {
-        const float4 vd = v[d];
-        o[4 * d] += e * vd.x, o[4 * d + 1] += e * vd.y, o[4 * d + 2] += e * vd.z, o[4 * d + 3] += e * vd.w;
-      }
-    }
-  }
-  total = token_sum(total);
-#pragma unroll
-  for (int d = 0; d < kHD; ++d) o[d] = token_sum(o[d]);
-  if (!active) return;
-  const int dim = p.heads * p.head_dim;
-  T* out = static_cast<T*>(p.out) + win.token_offset * dim + win.head * p.head_dim;
-  const float inv = 1.f / total;
-#pragma unroll
-  for (int d = 0; d < kHD; ++d)  // each of the four threads stores a quarter of the row
-    if (d % kSplit == part && d < p.head_dim) out[d] = from_float<T>(o[d] * inv);
+  store_rows<T, kTiles>(out, dim, channel0, p.head_dim, tok, win.tokens, r0, l, o, 1.f / sum0, 1.f / sum1);
 }
 
 }  // namespace
@@ -97,7 +101,7 @@ const char* window_attention_unsupported(const WindowAttentionParams& p) {
 void window_attention_fwd_launch(const WindowAttentionParams& p, cudaStream_t stream) {
   using namespace attention;
   launch_windows(
-      p, kFwdThreads, stream,
+      p, kMmaThreads, stream,
       [](auto t, auto head_dim) { return window_attention_fwd_kernel<decltype(t), decltype(head_dim)::value>; },
       [](auto) { return size_t{0}; });
 }
