@@ -15,7 +15,7 @@ from .. import _backend
 from . import _ext, supports_device
 
 _MAX_N = 16  # the kernels pad N up to 16 states in registers
-_TILE = _ext.scan_tile  # steps per tile: one saved state per tile (csrc/selective_scan.h: kScanTile)
+TILE = _ext.scan_tile  # steps per tile: one saved state per tile (csrc/selective_scan.h: kScanTile)
 
 
 def _f32(*tensors):
@@ -35,7 +35,7 @@ def selective_scan_fwd_cuda(
 @selective_scan_fwd_cuda.register_fake
 def _(u, delta, A, B, C, D, delta_bias, delta_softplus, save_states):
     batch, KD, L = u.shape
-    shape = (batch, KD, -(-L // _TILE), A.shape[1]) if save_states else (0,)
+    shape = (batch, KD, -(-L // TILE), A.shape[1]) if save_states else (0,)
     return torch.empty_like(u), u.new_empty(shape, dtype=torch.float32)
 
 

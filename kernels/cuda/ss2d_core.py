@@ -44,8 +44,6 @@ from .. import _backend
 from . import PENDING, _ext
 from . import selective_scan as _scan
 
-_TILE = _ext.scan_tile  # steps per tile: one saved state per tile and direction (csrc/selective_scan.h: kScanTile)
-
 
 def _weights32(x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
     """The SS2D weights as the kernels take them, float32: x_proj (4, R + 2N, D), dt_proj (4, D, R),
@@ -60,7 +58,7 @@ def _weights32(x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
 def _states_shape(u: torch.Tensor, N: int) -> tuple[int, ...]:
     """The forward's tile states: [first][i] holds direction first + 2 i, the pair ss2d_pair_bwd takes."""
     batch, D, H, W = u.shape
-    return (2, 2, batch, D, -(-(H * W) // _TILE), N)
+    return (2, 2, batch, D, -(-(H * W) // _scan.TILE), N)
 
 
 @torch.library.custom_op("mambaic::ss2d_core_fwd_cuda", mutates_args=())

@@ -8,7 +8,7 @@
 // one owner (no atomics); d table: thread b sums dS over the token pairs of bin b, one partial per
 // block. Every sum has one fixed order: the same bits from run to run.
 
-#include "mma_tf32.cuh"
+#include "window_attention.cuh"
 
 namespace mambaic {
 namespace attention {

@@ -6,7 +6,7 @@
 // C tiles used as A tiles directly (no shared-memory round trip), O divided by the row sums at the
 // end. Every sum has one fixed order: the same bits from run to run.
 
-#include "mma_tf32.cuh"
+#include "window_attention.cuh"
 
 namespace mambaic {
 namespace attention {
