@@ -53,7 +53,7 @@ def test_auto_picks_an_available_backend(monkeypatch):
 
 
 def test_auto_order_is_per_op_where_measured(monkeypatch):
-    """On CUDA tensors auto prefers cuda for the scans and triton for the ops whose cuda kernels
+    """On CUDA tensors auto prefers cuda for the scans and cross_scan, and triton for the ops whose cuda kernels
     measured slower (AUTO_ORDER_BY_OP), with every backend able to take the call (stand-ins)."""
     monkeypatch.delenv("MAMBAIC_BACKEND", raising=False)
     monkeypatch.setattr(_backend, "_load", lambda backend: None)
@@ -62,7 +62,7 @@ def test_auto_order_is_per_op_where_measured(monkeypatch):
                  for b in ("cuda", "triton", "torch")}
         monkeypatch.setitem(_backend._registry, op, table)
     picked = {op: _backend._choose(op, device="cuda", dtype=torch.float32) for op in _backend.OPS}
-    assert picked == {"cross_scan": "triton", "cross_merge": "triton", "window_attention": "triton",
+    assert picked == {"cross_scan": "cuda", "cross_merge": "triton", "window_attention": "triton",
                       "selective_scan": "cuda", "ss2d_core": "cuda"}
     assert _backend.auto_order("window_attention", "cpu") == _backend.AUTO_ORDER["cpu"]  # CPU: no exception
     with mk.use_backend("cuda"):  # an explicit request still gets cuda

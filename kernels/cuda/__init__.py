@@ -9,12 +9,11 @@ backend under ``auto``; an explicit ``cuda`` request for it is an error that say
 
 Both ops have CUDA backward passes: the selective scan's from the tile states its forward saves,
 the SS2D core's a pair of directions at a time (ss2d_core.py: the pair's tile states, from its
-forward under PENDING or from its scans run again, then one launch of the backward scan for both).
+forward or, where it saved none, from its scans run again, then one launch of the backward scan for both).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -22,11 +21,6 @@ import torch
 from ..cuda_build import JIT_NAME, library_header_flags, point_at_toolkit
 
 CSRC = Path(__file__).parent / "csrc"
-
-# Kernel paths whose GPU verification (parity and benchmark) is not complete: off unless
-# MAMBAIC_CUDA_PENDING=1, which the verification run sets. Each becomes the default, and its
-# switch goes, once its parity and benchmark runs pass (docs/cuda_pending.md lists them).
-PENDING = os.environ.get("MAMBAIC_CUDA_PENDING", "") == "1"
 
 
 def supports_device(device: str, dtype: torch.dtype) -> "str | None":

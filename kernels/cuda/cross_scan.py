@@ -15,7 +15,6 @@ from .. import _backend
 from ..cross_scan import scan_output_shape
 from .._backend import direct_launch_ok
 from . import _ext, supports_device
-from . import PENDING  # a module global, read at each call (the tests switch it)
 
 
 @torch.library.custom_op("mambaic::cross_scan_cuda", mutates_args=())
@@ -32,7 +31,7 @@ def _(x, channel_last):
 @torch.library.custom_op("mambaic::cross_merge_cuda", mutates_args=())
 def cross_merge_cuda(y: torch.Tensor, channel_last: bool) -> torch.Tensor:
     """The map (batch, C, H, W), or (batch, H, W, C) with channel_last, from y (batch, 4, C, H, W)."""
-    return _merge(y, channel_last)
+    return _ext.cross_merge(y, channel_last)
 
 
 @cross_merge_cuda.register_fake
@@ -71,15 +70,10 @@ def cross_scan(x: torch.Tensor, channel_last: bool) -> torch.Tensor:
     return torch.ops.mambaic.cross_scan_cuda(x, channel_last)
 
 
-def _merge(y: torch.Tensor, channel_last: bool) -> torch.Tensor:
-    # PENDING: the channels-first kernel that keeps the row pair in registers (same sums, same order)
-    return _ext.cross_merge(y, channel_last, PENDING)
-
-
 def cross_merge(y: torch.Tensor, channel_last: bool) -> torch.Tensor:
     """The backend entry point: (batch, C, L), or (batch, L, C) with channel_last."""
     batch, _, C, H, W = y.shape
-    out = _merge(y, channel_last) if direct_launch_ok(y) else torch.ops.mambaic.cross_merge_cuda(y, channel_last)
+    out = _ext.cross_merge(y, channel_last) if direct_launch_ok(y) else torch.ops.mambaic.cross_merge_cuda(y, channel_last)
     return out.view(batch, H * W, C) if channel_last else out.view(batch, C, H * W)
 
 

@@ -101,8 +101,8 @@ def test_ss2d_core_backend(backend, case, dtype):
 
 @pytest.mark.parametrize("case", CASES)
 def test_cuda_backward_from_the_forwards_tile_states(case, monkeypatch):
-    """Under autograd the cuda core's forward saves every direction's tile states (a pending path:
-    kernels/cuda/__init__.py, PENDING) and its backward starts from them instead of running the
+    """Under autograd the cuda core's forward saves every direction's tile states (SAVE_TILE_STATES in
+    kernels/cuda/ss2d_core.py) and its backward starts from them instead of running the
     scans again: the output keeps its bits, the gradients are the reference's."""
     u64, w64 = make_inputs(*case)
     u = leaf(u64, torch.float32)
@@ -114,8 +114,8 @@ def test_cuda_backward_from_the_forwards_tile_states(case, monkeypatch):
 
     dout = torch.randn(u.shape[0], *u.shape[2:], u.shape[1], dtype=torch.float64, device=u.device)
     outs = []
-    for pending in (False, True):
-        monkeypatch.setattr(cuda_core, "PENDING", pending)
+    for save in (False, True):
+        monkeypatch.setattr(cuda_core, "SAVE_TILE_STATES", save)
         with mk.use_backend("cuda"):
             outs.append(mk.ss2d_core(u, **w))
     ext = cuda_core._ext

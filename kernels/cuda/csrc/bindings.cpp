@@ -287,9 +287,8 @@ mambaic::Element element_of(const at::Tensor& t, const char* name) {
   }
 }
 
-mambaic::CrossShape cross_shape(int64_t batch, int64_t channels, int64_t height, int64_t width, bool channel_last,
-                                bool direct_rows = false) {
-  const mambaic::CrossShape shape{batch, channels, height, width, channel_last, direct_rows && !channel_last};
+mambaic::CrossShape cross_shape(int64_t batch, int64_t channels, int64_t height, int64_t width, bool channel_last) {
+  const mambaic::CrossShape shape{batch, channels, height, width, channel_last};
   const char* why = mambaic::cross_unsupported(shape);
   TORCH_CHECK(why[0] == '\0', "cross_scan / cross_merge (cuda): ", why);
   return shape;
@@ -316,14 +315,13 @@ at::Tensor cross_scan(const at::Tensor& x, bool channel_last) {
 }
 
 // The map (batch, C, H, W) or, channel_last, (batch, H, W, C) from y (batch, 4, C, H, W): the sum of
-// the four directions, each put back in row-major order. direct_rows: the channels-first kernel that
-// keeps the row pair in registers (pending a GPU run; the same sums in the same order).
-at::Tensor cross_merge(const at::Tensor& y, bool channel_last, bool direct_rows) {
+// the four directions, each put back in row-major order.
+at::Tensor cross_merge(const at::Tensor& y, bool channel_last) {
   check_cuda_tensor(y, "y", 5);
   TORCH_CHECK(y.size(1) == 4, "y must have 4 directions in dimension 1, got shape ", y.sizes());
   const auto element = element_of(y, "y");
   const int64_t batch = y.size(0), channels = y.size(2), height = y.size(3), width = y.size(4);
-  const auto shape = cross_shape(batch, channels, height, width, channel_last, direct_rows);
+  const auto shape = cross_shape(batch, channels, height, width, channel_last);
   c10::cuda::CUDAGuard guard(y.device());
   auto out = channel_last ? y.new_empty({batch, height, width, channels}) : y.new_empty({batch, channels, height, width});
   mambaic::cross_merge_launch(y.data_ptr(), out.data_ptr(), shape, element, at::cuda::getCurrentCUDAStream());
@@ -393,8 +391,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ss2d_pair_states", &ss2d_pair_states, "tile states of a pair of SS2D directions (k, k + 2)");
   m.def("ss2d_pair_bwd", &ss2d_pair_bwd, "backward of a pair of SS2D directions (k, k + 2) from their tile states");
   m.def("cross_scan", &cross_scan, "the four scan orders of a map: (batch, 4, C, L)");
-  m.def("cross_merge", &cross_merge, "the sum of four scan-order sequences, back on the map", py::arg("y"),
-        py::arg("channel_last"), py::arg("direct_rows") = false);
+  m.def("cross_merge", &cross_merge, "the sum of four scan-order sequences, back on the map");
   m.def("window_attention_fwd", &window_attention_fwd, "Swin window attention forward, one block per (window, head)");
   m.def("window_attention_bwd", &window_attention_bwd, "its backward: d qkv and per-window partials of d table");
   m.def("transpose", &transpose, "batched transpose, optionally accumulating");

@@ -13,8 +13,6 @@
 // a fixed order: bit-identical from run to run. Offsets are 64-bit: a 4K map's four directions pass
 // 2^31 elements.
 
-#include <type_traits>
-
 #include "cross_scan.h"
 #include "element.cuh"
 
@@ -61,16 +59,17 @@ template <bool kChannelLast> struct TileOrigin {
 };
 
 // Calls f(c, h, w) for every element of the tile inside the map, `fastest` ('c', 'h' or 'w')
-// varying fastest across the block's threads; or f(c, h, w, j), j the thread's j-th element, which
-// is the same element in every walk with the same `fastest` (a register array can carry it).
+// varying fastest across the block's threads.
 template <bool kChannelLast, char kFastest, typename F>
 __device__ __forceinline__ void for_tile(const CrossShape& s, const TileOrigin<kChannelLast>& o, F&& f) {
   using S = Tile<kChannelLast>;
   constexpr int kCount = S::kC * S::kH * S::kW;
-  static_assert(kCount % kThreads == 0, "every thread walks the same number of elements");
-#pragma unroll  // every load of the phase in flight at once
-  for (int j = 0; j < kCount / kThreads; ++j) {
-    const int i = threadIdx.x + j * kThreads;
+// A plain loop that the compiler unrolls in part: 32 registers, so eight blocks share an SM and
+// their warps hide the loads' latency. (Fully unrolled, with a register array carrying each
+// thread's elements between walks, it took 60-102 registers and the merge ran 2.3x slower, the
+// scan 1.3x: H100, twelfth session.)
+#pragma unroll
+  for (int i = threadIdx.x; i < kCount; i += kThreads) {
     int c, h, w;
     if (kFastest == 'w') {
       w = i % S::kW, h = i / S::kW % S::kH, c = i / (S::kW * S::kH);
@@ -79,10 +78,7 @@ __device__ __forceinline__ void for_tile(const CrossShape& s, const TileOrigin<k
     } else {
       c = i % S::kC, w = i / S::kC % S::kW, h = i / (S::kC * S::kW);
     }
-    if (o.c0 + c < s.channels && o.h0 + h < s.height && o.w0 + w < s.width) {
-      if constexpr (std::is_invocable_v<F, int, int, int, int>) f(c, h, w, j);
-      else f(c, h, w);
-    }
+    if (o.c0 + c < s.channels && o.h0 + h < s.height && o.w0 + w < s.width) f(c, h, w);
   }
 }
 
@@ -120,38 +116,28 @@ __global__ void __launch_bounds__(kThreads) cross_scan_kernel(const T* __restric
   });
 }
 
-// kDirectRows (channels-first only, pending: see CrossShape): the row-major pair runs along w, as
-// the output does, so each thread keeps its elements' row sums in registers, walking the tile as
-// the store will; only the column pair goes through shared memory, halving its traffic. At most
-// 85 registers a thread, so that three blocks share an SM as with the shared-tile kernel.
-template <typename T, bool kChannelLast, bool kDirectRows>
-__global__ void __launch_bounds__(kThreads, kDirectRows ? 3 : 1) cross_merge_kernel(const T* __restrict__ y, T* __restrict__ out,
+template <typename T, bool kChannelLast>
+__global__ void __launch_bounds__(kThreads) cross_merge_kernel(const T* __restrict__ y, T* __restrict__ out,
                                                                 CrossShape s) {
-  static_assert(!(kDirectRows && kChannelLast), "a channel-last output runs along c, not along the rows' w");
   using Slot = Slots<kChannelLast>;
-  using S = Tile<kChannelLast>;
   // The row-major pair (0, 2) and the column-major pair (1, 3) go to separate tiles, so that the
   // two phases need no barrier between them: all four directions' loads are in flight at once.
-  __shared__ float rows[kDirectRows ? 1 : Slot::kCount], cols[Slot::kCount];
-  float row_sums[kDirectRows ? S::kC * S::kH * S::kW / kThreads : 1];
+  __shared__ float rows[Slot::kCount], cols[Slot::kCount];
   const TileOrigin<kChannelLast> o(s);
   const int64_t L = s.height * s.width;
   auto sequence = [&](int k, int c) { return y + ((o.b * 4 + k) * s.channels + o.c0 + c) * L; };
-  for_tile<kChannelLast, 'w'>(s, o, [&](int c, int h, int w, int j) {
+  for_tile<kChannelLast, 'w'>(s, o, [&](int c, int h, int w) {
     const int64_t p = (o.h0 + h) * s.width + o.w0 + w;
-    const float sum = to_float(sequence(0, c)[p]) + to_float(sequence(2, c)[L - 1 - p]);
-    if constexpr (kDirectRows) row_sums[j] = sum;
-    else rows[Slot::at(c, h, w)] = sum;
+    rows[Slot::at(c, h, w)] = to_float(sequence(0, c)[p]) + to_float(sequence(2, c)[L - 1 - p]);
   });
   for_tile<kChannelLast, 'h'>(s, o, [&](int c, int h, int w) {
     const int64_t q = (o.w0 + w) * s.height + o.h0 + h;
     cols[Slot::at(c, h, w)] = to_float(sequence(1, c)[q]) + to_float(sequence(3, c)[L - 1 - q]);
   });
   __syncthreads();
-  for_tile<kChannelLast, kChannelLast ? 'c' : 'w'>(s, o, [&](int c, int h, int w, int j) {
+  for_tile<kChannelLast, kChannelLast ? 'c' : 'w'>(s, o, [&](int c, int h, int w) {
     const int i = Slot::at(c, h, w);
-    const float row = kDirectRows ? row_sums[j] : rows[i];
-    out[map_offset<kChannelLast>(s, o.b, o.c0 + c, o.h0 + h, o.w0 + w)] = from_float<T>(row + cols[i]);
+    out[map_offset<kChannelLast>(s, o.b, o.c0 + c, o.h0 + h, o.w0 + w)] = from_float<T>(rows[i] + cols[i]);
   });
 }
 
@@ -169,11 +155,10 @@ void launch(const void* src, void* dst, const CrossShape& s, cudaStream_t stream
   const T* in = static_cast<const T*>(src);
   T* out = static_cast<T*>(dst);
   if (s.channel_last) {
-    auto kernel = kMerge ? cross_merge_kernel<T, true, false> : cross_scan_kernel<T, true>;
+    auto kernel = kMerge ? cross_merge_kernel<T, true> : cross_scan_kernel<T, true>;
     kernel<<<static_cast<unsigned>(tiles<true>(s)), kThreads, 0, stream>>>(in, out, s);
   } else {
-    auto kernel = !kMerge ? cross_scan_kernel<T, false>
-                  : s.direct_rows ? cross_merge_kernel<T, false, true> : cross_merge_kernel<T, false, false>;
+    auto kernel = kMerge ? cross_merge_kernel<T, false> : cross_scan_kernel<T, false>;
     kernel<<<static_cast<unsigned>(tiles<false>(s)), kThreads, 0, stream>>>(in, out, s);
   }
 }

@@ -13,7 +13,6 @@ namespace mambaic {
 struct CrossShape {
   int64_t batch, channels, height, width;
   bool channel_last;  // the map is (batch, H, W, C) rather than (batch, C, H, W)
-  bool direct_rows;   // cross_merge, channels-first: row pair in registers (pending a GPU run: kernels/cuda/__init__.py)
 };
 
 // Why one launch cannot take this map, or "" when it can.
