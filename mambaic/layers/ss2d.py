@@ -31,7 +31,7 @@ import mambaic_kernels as mk
 from mambaic_kernels._context import ContextSetting
 from mambaic_kernels.reference.ss2d_core import compose
 
-from .ss2d_autograd import conv_silu, gated_output
+from .ss2d_autograd import conv_silu, core_recomputes_input, gated_output
 
 # Set by legacy_core(): SS2D cores run the public cross_scan, selective_scan and cross_merge ops
 # in sequence, as mambaic 0.1 did, whose arithmetic version 1 .mic files were encoded with.
@@ -138,18 +138,21 @@ class SS2D(nn.Module):
         # training without autocast: the same calls as functions that keep fewer maps (ss2d_autograd.py)
         lean = not inplace and not torch.is_autocast_enabled(u.device.type)
         if lean:
-            u = conv_silu(u, self.conv2d)  # keeps the conv's input only
+            u0, u = u, conv_silu(u, self.conv2d)  # keeps the conv's input only
+            with core_recomputes_input(u0, u, self.conv2d):  # and the core does not keep u
+                y = self.scan(u)
+            del u0
         else:
             u = F.silu(self.conv2d(u), inplace=inplace)  # (batch, d_inner, H, W)
-        y = self.scan(u)  # (batch, H, W, d_inner)
+            y = self.scan(u)  # (batch, H, W, d_inner)
         del u
         if not lean:  # before z exists: without autograd, the peak holds one map less
             y = self.out_norm(y)
+        if lean:
+            return gated_output(y, h, w_z, self.out_norm, self.out_proj)  # keeps y and h (kept for u anyway)
         if renorm:
             h = norm(x)
         zp = F.linear(h, w_z)  # (batch, H, W, d_inner)
-        if lean:
-            return gated_output(y, zp, self.out_norm, self.out_proj)  # keeps y and zp only
         z = F.silu(zp, inplace=inplace)
         return self.out_proj(y.mul_(z) if inplace else y * z)
 

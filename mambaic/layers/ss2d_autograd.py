@@ -8,13 +8,20 @@ gradients are autograd's formulas on recomputed values.
 
 - ``conv_silu``: ``silu(conv2d(u0))`` keeps u0 (which the conv keeps anyway), not the conv's
   output as well; its backward runs the depthwise 3x3 conv again.
-- ``gated_output``: the tail ``out_proj(out_norm(y) * silu(zp))`` keeps ``y`` and ``zp``; as
-  modules it kept five maps (out_norm's input and output, silu's input and output, the product).
-  The layer norm's statistics are recomputed (the same kernel on the same input: the same bits);
-  the projection's matmul is not run again.
+- ``core_recomputes_input``: while the core runs, a tensor it saves that is ``u = conv_silu(u0)``
+  itself is kept as a recipe and rebuilt from u0 (kept by conv_silu) when the backward unpacks it,
+  whichever backend runs the core: one map less for one more depthwise conv and SiLU.
+- ``gated_output``: the tail ``out_proj(out_norm(y) * silu(h W_z^T))`` keeps ``y`` and SS2D's
+  input ``h``, which in_proj's u half keeps anyway; as modules it kept five maps (zp, out_norm's
+  input and output, silu's output, the product). The z half of in_proj and the layer
+  norm's statistics are recomputed (the same kernels on the same inputs: the same bits); the
+  output projection's matmul is not run again. Not keeping zp took a training step's peak from
+  15.3 to TBD GiB (H100, twelfth session).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -48,20 +55,58 @@ def conv_silu(u0: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
     return ConvSilu.apply(u0, conv.weight, conv.bias, conv.padding[0], conv.groups)
 
 
+def _identity(t: torch.Tensor) -> tuple:
+    """What tells a tensor apart without holding it (a hook holding u would keep it alive)."""
+    return t.untyped_storage().data_ptr(), tuple(t.shape), t.stride(), t.storage_offset(), t.dtype
+
+
+class _Recompute:
+    """What the saved-tensor hook keeps in place of u: how to make it again."""
+
+    def __init__(self, u0: torch.Tensor, conv: torch.nn.Conv2d):
+        self.u0, self.weight, self.bias, self.padding, self.groups = u0.detach(), conv.weight, conv.bias, conv.padding, conv.groups
+
+
+def core_recomputes_input(u0: torch.Tensor, u: torch.Tensor, conv: torch.nn.Conv2d):
+    """A context for the core's call on ``u = conv_silu(u0, conv)``: a tensor the core saves for its
+    backward that is u itself is not kept; the backward gets ``silu(conv(u0))`` computed again (the
+    same calls on the same tensors: the same bits). Other saved tensors are kept as they are.
+    Under torch.compile it does nothing: Dynamo does not trace saved-tensor hooks, and AOT
+    autograd's partitioner chooses what to keep itself."""
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+
+    recipe, target = _Recompute(u0, conv), _identity(u)
+
+    def pack(t: torch.Tensor):
+        return recipe if _identity(t) == target else t
+
+    def unpack(saved):
+        if not isinstance(saved, _Recompute):
+            return saved
+        with torch.no_grad():
+            return F.silu(F.conv2d(saved.u0, saved.weight.detach(), None if saved.bias is None else saved.bias.detach(),
+                                   padding=saved.padding, groups=saved.groups))
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+
 class GatedOutput(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y, zp, norm_weight, norm_bias, eps: float, proj_weight):
+    def forward(ctx, y, h, z_weight, norm_weight, norm_bias, eps: float, proj_weight):
+        zp = F.linear(h, z_weight)
         normed = F.layer_norm(y, (y.shape[-1],), norm_weight, norm_bias, eps)
         out = F.linear(normed * F.silu(zp), proj_weight)
-        ctx.save_for_backward(y, zp, norm_weight, norm_bias, proj_weight)
+        ctx.save_for_backward(y, h, z_weight, norm_weight, norm_bias, proj_weight)
         ctx.eps = eps
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        y, zp, norm_weight, norm_bias, proj_weight = ctx.saved_tensors
-        needs_y, needs_zp, needs_nw, needs_nb, _, needs_pw = ctx.needs_input_grad
+        y, h, z_weight, norm_weight, norm_bias, proj_weight = ctx.saved_tensors
+        needs_y, needs_h, needs_zw, needs_nw, needs_nb, _, needs_pw = ctx.needs_input_grad
         channels = y.shape[-1]
+        zp = F.linear(h, z_weight)  # again: the same bits
         normed, mean, rstd = torch.ops.aten.native_layer_norm(y, [channels], norm_weight, norm_bias, ctx.eps)
         z = F.silu(zp)
         d_proj_weight = None
@@ -70,17 +115,26 @@ class GatedOutput(torch.autograd.Function):
             d_proj_weight = grad.reshape(-1, grad.shape[-1]).t().matmul(gated.reshape(-1, channels))
             del gated
         d_gated = grad.matmul(proj_weight)  # F.linear's input gradient
-        d_zp = None
-        if needs_zp:
+        d_h = d_z_weight = None
+        if needs_h or needs_zw:
             s = torch.sigmoid(zp)
             d_zp = d_gated * normed * (s * (1 + zp * (1 - s)))  # silu'(zp), as autograd computes it
+            del s
+            if needs_h:
+                d_h = d_zp.matmul(z_weight)
+            if needs_zw:
+                d_z_weight = d_zp.reshape(-1, channels).t().matmul(h.reshape(-1, h.shape[-1]))
+            del d_zp
+        del zp
         d_y = d_nw = d_nb = None
         if needs_y or needs_nw or needs_nb:
             d_y, d_nw, d_nb = torch.ops.aten.native_layer_norm_backward(
                 d_gated * z, y, [channels], mean, rstd, norm_weight, norm_bias, [needs_y, needs_nw, needs_nb])
-        return d_y, d_zp, d_nw, d_nb, None, d_proj_weight
+        return d_y, d_h, d_z_weight, d_nw, d_nb, None, d_proj_weight
 
 
-def gated_output(y: torch.Tensor, zp: torch.Tensor, norm: torch.nn.LayerNorm, proj: torch.nn.Linear) -> torch.Tensor:
-    """``proj(norm(y) * silu(zp))`` keeping only ``y`` and ``zp`` for the backward (proj has no bias)."""
-    return GatedOutput.apply(y, zp, norm.weight, norm.bias, norm.eps, proj.weight)
+def gated_output(y: torch.Tensor, h: torch.Tensor, z_weight: torch.Tensor, norm: torch.nn.LayerNorm,
+                 proj: torch.nn.Linear) -> torch.Tensor:
+    """``proj(norm(y) * silu(F.linear(h, z_weight)))`` keeping only ``y`` and ``h`` for the backward
+    (proj has no bias; z_weight: the z half of SS2D's in_proj)."""
+    return GatedOutput.apply(y, h, z_weight, norm.weight, norm.bias, norm.eps, proj.weight)

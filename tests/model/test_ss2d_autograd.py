@@ -5,39 +5,53 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mambaic.layers.ss2d_autograd import ConvSilu, GatedOutput, conv_silu, gated_output
+import contextlib
+import gc
+import weakref
+
+from mambaic.layers.ss2d_autograd import ConvSilu, GatedOutput, conv_silu, core_recomputes_input, gated_output
 from mambaic.layers import ss2d
 from mambaic.layers.ss2d import SS2D
 
 
-def _tail(channels=12, out=5, dtype=torch.float32, seed=0):
+def _tail(channels=12, d_model=6, out=5, dtype=torch.float32, seed=0):
     torch.manual_seed(seed)
     norm, proj = nn.LayerNorm(channels).to(dtype), nn.Linear(channels, out, bias=False).to(dtype)
     with torch.no_grad():
         norm.weight.normal_()
         norm.bias.normal_()
     y = torch.randn(2, 3, 7, channels, dtype=dtype, requires_grad=True)
-    zp = torch.randn(2, 3, 7, channels, dtype=dtype, requires_grad=True)
-    return y, zp, norm, proj
+    h = torch.randn(2, 3, 7, d_model, dtype=dtype, requires_grad=True)
+    z_weight = (torch.randn(channels, d_model, dtype=dtype) / d_model**0.5).requires_grad_()
+    return y, h, z_weight, norm, proj
+
+
+def _plain_tail(y, h, z_weight, norm, proj):
+    return proj(norm(y) * F.silu(F.linear(h, z_weight)))
 
 
 def test_gradcheck():
-    y, zp, norm, proj = _tail(dtype=torch.float64)
-    fn = lambda y, zp, w, b, pw: GatedOutput.apply(y, zp, w, b, norm.eps, pw)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (y, zp, norm.weight, norm.bias, proj.weight))
+    y, h, z_weight, norm, proj = _tail(dtype=torch.float64)
+    fn = lambda y, h, zw, w, b, pw: GatedOutput.apply(y, h, zw, w, b, norm.eps, pw)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (y, h, z_weight, norm.weight, norm.bias, proj.weight))
 
 
 def test_plain_modules_output_bit_for_bit_and_their_gradients():
-    y, zp, norm, proj = _tail()
-    leaves = [y, zp, norm.weight, norm.bias, proj.weight]
-    plain = proj(norm(y) * F.silu(zp))
-    fused = gated_output(y, zp, norm, proj)
+    y, h, z_weight, norm, proj = _tail()
+    leaves = [y, h, z_weight, norm.weight, norm.bias, proj.weight]
+    plain = _plain_tail(y, h, z_weight, norm, proj)
+    fused = gated_output(y, h, z_weight, norm, proj)
     assert torch.equal(plain, fused)
     dout = torch.randn_like(plain)
     want = torch.autograd.grad(plain, leaves, dout)
     got = torch.autograd.grad(fused, leaves, dout)
-    for name, g, w in zip(("y", "zp", "norm.weight", "norm.bias", "proj.weight"), got, want):
+    for name, g, w in zip(("y", "h", "z_weight", "norm.weight", "norm.bias", "proj.weight"), got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=lambda m: f"d{name}: {m}")
+    # some gradients not asked for: the others unchanged
+    for subset in ([y], [h], [z_weight, proj.weight]):
+        got = torch.autograd.grad(gated_output(y, h, z_weight, norm, proj), subset, dout)
+        for g, w in zip(got, torch.autograd.grad(_plain_tail(y, h, z_weight, norm, proj), subset, dout)):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
 
 
 def _saved_maps(fn, like: torch.Tensor) -> int:
@@ -54,10 +68,11 @@ def _saved_maps(fn, like: torch.Tensor) -> int:
     return len(kept)
 
 
-def test_keeps_two_maps_instead_of_five():
-    y, zp, norm, proj = _tail()
-    assert _saved_maps(lambda: proj(norm(y) * F.silu(zp)), y) == 5
-    assert _saved_maps(lambda: gated_output(y, zp, norm, proj), y) == 2
+def test_keeps_one_map_of_d_inner_and_the_input_instead_of_five():
+    y, h, z_weight, norm, proj = _tail()
+    assert _saved_maps(lambda: _plain_tail(y, h, z_weight, norm, proj), y) == 5  # y, norm(y), zp, silu(zp), the product
+    assert _saved_maps(lambda: gated_output(y, h, z_weight, norm, proj), y) == 1
+    assert _saved_maps(lambda: gated_output(y, h, z_weight, norm, proj), h) == 1  # SS2D keeps h for u anyway
 
 
 def _conv(channels=6, seed=0):
@@ -87,6 +102,40 @@ def test_conv_silu_is_the_plain_calls_and_keeps_one_map_instead_of_two():
     torch.testing.assert_close(g_u0, torch.autograd.grad(F.silu(conv(u0)), [u0], dout)[0], rtol=1e-5, atol=1e-6)
 
 
+def test_core_recomputes_input_keeps_a_recipe_and_rebuilds_the_same_bits():
+    conv, u0 = _conv()
+    seen = []
+
+    class Core(torch.autograd.Function):  # a core that saves its input, as every backend's does
+        @staticmethod
+        def forward(ctx, u, other):
+            ctx.save_for_backward(u, other)
+            return u * u + other
+
+        @staticmethod
+        def backward(ctx, grad):
+            u, other = ctx.saved_tensors
+            seen.append((u, other))
+            return 2 * u * grad, grad
+
+    u = conv_silu(u0, conv)
+    want_u = u.detach().clone()
+    other = torch.randn_like(u)
+    with core_recomputes_input(u0, u, conv):
+        out = Core.apply(u, other)
+    gone = weakref.ref(u)
+    del u
+    gc.collect()
+    assert gone() is None, "the core's saved copy of u was kept"
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, [u0, conv.weight, conv.bias], dout)
+    assert torch.equal(seen[0][0], want_u) and seen[0][1] is other  # u rebuilt bit for bit; the rest as saved
+    u = F.silu(conv(u0))
+    want = torch.autograd.grad(u * u + other, [u0, conv.weight, conv.bias], dout)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
 def test_ss2d_takes_them_under_autograd_only_and_agrees_with_the_plain_calls(monkeypatch):
     torch.manual_seed(0)
     layer = SS2D(d_model=8, d_state=4, ssm_ratio=2.0)
@@ -96,10 +145,12 @@ def test_ss2d_takes_them_under_autograd_only_and_agrees_with_the_plain_calls(mon
     taken = []
     monkeypatch.setattr(ss2d, "gated_output", lambda *a: taken.append("tail") or gated_output(*a))
     monkeypatch.setattr(ss2d, "conv_silu", lambda *a: taken.append("conv") or conv_silu(*a))
+    monkeypatch.setattr(ss2d, "core_recomputes_input", lambda *a: taken.append("core") or core_recomputes_input(*a))
     out = layer(x)
-    assert taken == ["conv", "tail"] and torch.equal(out, without_grad)  # and the in-place inference path: same bits
-    monkeypatch.setattr(ss2d, "gated_output", lambda y, zp, norm, proj: proj(norm(y) * F.silu(zp)))
+    assert taken == ["conv", "core", "tail"] and torch.equal(out, without_grad)  # and the in-place inference path: same bits
+    monkeypatch.setattr(ss2d, "gated_output", _plain_tail)
     monkeypatch.setattr(ss2d, "conv_silu", lambda u0, conv: F.silu(conv(u0)))
+    monkeypatch.setattr(ss2d, "core_recomputes_input", lambda *a: contextlib.nullcontext())
     plain = layer(x)
     dout = torch.randn_like(out)
     params = [x, *layer.parameters()]
