@@ -15,8 +15,10 @@ gradients are autograd's formulas on recomputed values.
   input ``h``, which in_proj's u half keeps anyway; as modules it kept five maps (zp, out_norm's
   input and output, silu's output, the product). The z half of in_proj and the layer
   norm's statistics are recomputed (the same kernels on the same inputs: the same bits); the
-  output projection's matmul is not run again. Not keeping zp took a training step's peak from
-  15.3 to TBD GiB (H100, twelfth session).
+  output projection's matmul is not run again.
+
+What a training step saves for its backward (bench/saved_activations.py, batch 2 of 256x256):
+5.08 GiB with the modules, 3.28 with conv_silu and a tail keeping zp, 2.32 with all three.
 """
 
 from __future__ import annotations
