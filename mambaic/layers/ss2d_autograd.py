@@ -1,7 +1,7 @@
-"""Two steps of SS2D as autograd functions that keep fewer maps for the backward than the modules do.
+"""SS2D's steps in training, keeping fewer maps for the backward than the modules do.
 
 Under autograd, each (batch, d_inner, H, W) map an op keeps costs as much as a map of the forward;
-in a training step SS2D keeps half of the model's saved activations. Both functions below run the
+in a training step SS2D keeps half of the model's saved activations. The functions below run the
 modules' own sequence of calls in their forward, so the outputs are the plain path's bit for bit,
 and recompute cheap element-wise steps (and a depthwise convolution) in their backward; the
 gradients are autograd's formulas on recomputed values.
