@@ -21,6 +21,7 @@ dtype before out_norm, so a half-precision model runs without autocast.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -31,7 +32,7 @@ import mambaic_kernels as mk
 from mambaic_kernels._context import ContextSetting
 from mambaic_kernels.reference.ss2d_core import compose
 
-from .ss2d_autograd import conv_silu, core_recomputes_input, gated_output
+from .ss2d_autograd import conv_silu, core_recomputes_input, gated_output, recomputed_when_saved
 
 # Set by legacy_core(): SS2D cores run the public cross_scan, selective_scan and cross_merge ops
 # in sequence, as mambaic 0.1 did, whose arithmetic version 1 .mic files were encoded with.
@@ -123,38 +124,49 @@ class SS2D(nn.Module):
         two evaluations give the same bits."""
         h = x if norm is None else norm(x)
         batch, H, W, C = h.shape
-        w_u, w_z = self.in_proj.weight.chunk(2, dim=0)  # in_proj has no bias (official)
-        # The u half goes to the channel-first conv and scan: computing it as W_u @ x^T gives that
-        # layout straight from the matmul, instead of a channel-last result plus a transposing
-        # copy (about 10% of a VSS block on CPU at 1/2 resolution).
-        x_t = h.reshape(batch, H * W, C).transpose(1, 2)  # (batch, C, L), a view
-        u = torch.bmm(w_u.expand(batch, -1, -1), x_t).view(batch, self.d_inner, H, W)
-        # Without autograd nothing needs the intermediates: activations run in place and z is made
-        # after the core, so that the core's peak holds u and its own buffers, not z as well.
         inplace = not torch.is_grad_enabled()
-        renorm = inplace and norm is not None
-        if renorm:
-            del x_t, h  # recomputed for z below
         # training without autocast: the same calls as functions that keep fewer maps (ss2d_autograd.py)
-        lean = not inplace and not torch.is_autocast_enabled(u.device.type)
-        if lean:
-            u0, u = u, conv_silu(u, self.conv2d)  # keeps the conv's input only
-            with core_recomputes_input(u0, u, self.conv2d):  # and the core does not keep u
-                y = self.scan(u)
-            del u0
-        else:
-            u = F.silu(self.conv2d(u), inplace=inplace)  # (batch, d_inner, H, W)
-            y = self.scan(u)  # (batch, H, W, d_inner)
-        del u
-        if not lean:  # before z exists: without autograd, the peak holds one map less
-            y = self.out_norm(y)
-        if lean:
-            return gated_output(y, h, w_z, self.out_norm, self.out_proj)  # keeps y and h (kept for u anyway)
-        if renorm:
-            h = norm(x)
-        zp = F.linear(h, w_z)  # (batch, H, W, d_inner)
-        z = F.silu(zp, inplace=inplace)
-        return self.out_proj(y.mul_(z) if inplace else y * z)
+        lean = not inplace and not torch.is_autocast_enabled(h.device.type)
+        with contextlib.ExitStack() as hooks:
+            if lean and norm is not None:
+                # h = norm(x) is not kept for the backward (x is, by the norm): the u matmul (as its
+                # rows view) and the tail get it computed again
+                hooks.enter_context(recomputed_when_saved(
+                    (h, lambda: norm(x)), (self._rows(h), lambda: self._rows(norm(x)))))
+            w_u, w_z = self.in_proj.weight.chunk(2, dim=0)  # in_proj has no bias (official)
+            # The u half goes to the channel-first conv and scan: computing it as W_u @ x^T gives that
+            # layout straight from the matmul, instead of a channel-last result plus a transposing
+            # copy (about 10% of a VSS block on CPU at 1/2 resolution).
+            u = torch.bmm(w_u.expand(batch, -1, -1), self._rows(h)).view(batch, self.d_inner, H, W)
+            # Without autograd nothing needs the intermediates: activations run in place and z is made
+            # after the core, so that the core's peak holds u and its own buffers, not z as well.
+            renorm = inplace and norm is not None
+            if renorm:
+                del h  # recomputed for z below
+            if lean:
+                u0, u = u, conv_silu(u, self.conv2d)  # keeps the conv's input only
+                with core_recomputes_input(u0, u, self.conv2d):  # and the core does not keep u
+                    y = self.scan(u)
+                del u0
+            else:
+                u = F.silu(self.conv2d(u), inplace=inplace)  # (batch, d_inner, H, W)
+                y = self.scan(u)  # (batch, H, W, d_inner)
+            del u
+            if not lean:  # before z exists: without autograd, the peak holds one map less
+                y = self.out_norm(y)
+            if lean:
+                return gated_output(y, h, w_z, self.out_norm, self.out_proj)  # keeps y and h (kept for u anyway)
+            if renorm:
+                h = norm(x)
+            zp = F.linear(h, w_z)  # (batch, H, W, d_inner)
+            z = F.silu(zp, inplace=inplace)
+            return self.out_proj(y.mul_(z) if inplace else y * z)
+
+    @staticmethod
+    def _rows(h: torch.Tensor) -> torch.Tensor:
+        """h (batch, H, W, C) as the u matmul takes it: (batch, C, L), a view."""
+        batch, H, W, C = h.shape
+        return h.reshape(batch, H * W, C).transpose(1, 2)
 
     def core(self, u: torch.Tensor) -> torch.Tensor:
         """The 2D selective scan: (batch, d_inner, H, W) -> out_norm'ed (batch, H, W, d_inner)."""

@@ -11,6 +11,8 @@ gradients are autograd's formulas on recomputed values.
 - ``core_recomputes_input``: while the core runs, a tensor it saves that is ``u = conv_silu(u0)``
   itself is kept as a recipe and rebuilt from u0 (kept by conv_silu) when the backward unpacks it,
   whichever backend runs the core: one map less for one more depthwise conv and SiLU.
+- ``recomputed_when_saved``: the same for any tensor with a cheap, exact recipe; SS2D uses it for
+  its normalised input h = norm(x) (x is kept by the norm), which the u matmul and the tail keep.
 - ``gated_output``: the tail ``out_proj(out_norm(y) * silu(h W_z^T))`` keeps ``y`` and SS2D's
   input ``h``, which in_proj's u half keeps anyway; as modules it kept five maps (zp, out_norm's
   input and output, silu's output, the product). The z half of in_proj and the layer
@@ -18,7 +20,8 @@ gradients are autograd's formulas on recomputed values.
   output projection's matmul is not run again.
 
 What a training step saves for its backward (bench/saved_activations.py, batch 2 of 256x256):
-5.08 GiB with the modules, 3.28 with conv_silu and a tail keeping zp, 2.32 with all three.
+5.08 GiB with the modules, 3.28 with conv_silu and a tail keeping zp, 2.83 with the tail above,
+2.38 with u rebuilt, 2.15 with h rebuilt as well.
 """
 
 from __future__ import annotations
@@ -62,35 +65,57 @@ def _identity(t: torch.Tensor) -> tuple:
     return t.untyped_storage().data_ptr(), tuple(t.shape), t.stride(), t.storage_offset(), t.dtype
 
 
-class _Recompute:
-    """What the saved-tensor hook keeps in place of u: how to make it again."""
+class _Rebuild:
+    """What a saved-tensor hook keeps in place of a tensor: the function that makes it again."""
 
-    def __init__(self, u0: torch.Tensor, conv: torch.nn.Conv2d):
-        self.u0, self.weight, self.bias, self.padding, self.groups = u0.detach(), conv.weight, conv.bias, conv.padding, conv.groups
+    def __init__(self, rebuild):
+        self.rebuild = rebuild
+
+
+class _Outer:
+    """A saved tensor as the enclosing hooks packed it."""
+
+    def __init__(self, packed):
+        self.packed = packed
+
+
+def recomputed_when_saved(*targets):
+    """A context in which autograd does not keep the given tensors for the backward: ``targets`` are
+    (tensor, rebuild) pairs, and a saved tensor that is one of those tensors itself (the same
+    storage, shape, strides and offset) is kept as its ``rebuild`` function, which the backward calls
+    (without autograd) when it unpacks it. rebuild must give the same bits (the same calls on
+    tensors kept anyway) and must not hold its tensor. Other saved tensors go to the enclosing
+    saved-tensor hooks, if any (``torch.autograd.graph.save_on_cpu``, a memory census), as
+    torch.utils.checkpoint does. Under torch.compile it does nothing: Dynamo does not trace
+    saved-tensor hooks, and AOT autograd's partitioner chooses what to keep itself."""
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    recipes = {_identity(t): _Rebuild(rebuild) for t, rebuild in targets}
+    outer = torch._C._autograd._top_saved_tensors_default_hooks(False)  # (pack, unpack) or None
+
+    def pack(t: torch.Tensor):
+        recipe = recipes.get(_identity(t))
+        if recipe is not None:
+            return recipe
+        return t if outer is None else _Outer(outer[0](t))
+
+    def unpack(saved):
+        if isinstance(saved, _Outer):
+            return outer[1](saved.packed)
+        if not isinstance(saved, _Rebuild):
+            return saved
+        with torch.no_grad():
+            return saved.rebuild()
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
 
 def core_recomputes_input(u0: torch.Tensor, u: torch.Tensor, conv: torch.nn.Conv2d):
-    """A context for the core's call on ``u = conv_silu(u0, conv)``: a tensor the core saves for its
-    backward that is u itself is not kept; the backward gets ``silu(conv(u0))`` computed again (the
-    same calls on the same tensors: the same bits). Other saved tensors are kept as they are.
-    Under torch.compile it does nothing: Dynamo does not trace saved-tensor hooks, and AOT
-    autograd's partitioner chooses what to keep itself."""
-    if torch.compiler.is_compiling():
-        return contextlib.nullcontext()
-
-    recipe, target = _Recompute(u0, conv), _identity(u)
-
-    def pack(t: torch.Tensor):
-        return recipe if _identity(t) == target else t
-
-    def unpack(saved):
-        if not isinstance(saved, _Recompute):
-            return saved
-        with torch.no_grad():
-            return F.silu(F.conv2d(saved.u0, saved.weight.detach(), None if saved.bias is None else saved.bias.detach(),
-                                   padding=saved.padding, groups=saved.groups))
-
-    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+    """A context for the core's call on ``u = conv_silu(u0, conv)``: if the core saves u itself, the
+    backward gets ``silu(conv(u0))`` computed again (u0 is kept by conv_silu)."""
+    u0, weight, bias = u0.detach(), conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
+    padding, groups = conv.padding, conv.groups
+    return recomputed_when_saved((u, lambda: F.silu(F.conv2d(u0, weight, bias, padding=padding, groups=groups))))
 
 
 class GatedOutput(torch.autograd.Function):

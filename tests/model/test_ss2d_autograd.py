@@ -121,8 +121,20 @@ def test_core_recomputes_input_keeps_a_recipe_and_rebuilds_the_same_bits():
     u = conv_silu(u0, conv)
     want_u = u.detach().clone()
     other = torch.randn_like(u)
-    with core_recomputes_input(u0, u, conv):
-        out = Core.apply(u, other)
+    outer_packed, outer_unpacked = [], []  # enclosing hooks (save_on_cpu, a census) still see the rest
+
+    def outer_pack(t):
+        outer_packed.append(t)
+        return ("outer", t)
+
+    def outer_unpack(saved):
+        outer_unpacked.append(saved[1])
+        return saved[1]
+
+    with torch.autograd.graph.saved_tensors_hooks(outer_pack, outer_unpack):
+        with core_recomputes_input(u0, u, conv):
+            out = Core.apply(u, other)
+    assert [t is other for t in outer_packed] == [True], "the enclosing hooks got u, or not the other tensor"
     gone = weakref.ref(u)
     del u
     gc.collect()
@@ -130,6 +142,7 @@ def test_core_recomputes_input_keeps_a_recipe_and_rebuilds_the_same_bits():
     dout = torch.randn_like(out)
     got = torch.autograd.grad(out, [u0, conv.weight, conv.bias], dout)
     assert torch.equal(seen[0][0], want_u) and seen[0][1] is other  # u rebuilt bit for bit; the rest as saved
+    assert len(outer_unpacked) == 1 and outer_unpacked[0] is other
     u = F.silu(conv(u0))
     want = torch.autograd.grad(u * u + other, [u0, conv.weight, conv.bias], dout)
     for g, w in zip(got, want):
@@ -155,4 +168,35 @@ def test_ss2d_takes_them_under_autograd_only_and_agrees_with_the_plain_calls(mon
     dout = torch.randn_like(out)
     params = [x, *layer.parameters()]
     for g, w in zip(torch.autograd.grad(out, params, dout), torch.autograd.grad(plain, params, dout)):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_ss2d_rebuilds_its_normalised_input_for_the_backward(monkeypatch):
+    """With the block's norm passed in, SS2D keeps x (the norm does) but not h = norm(x): the u
+    matmul and the tail get it computed again; the gradients are those of keeping it."""
+    torch.manual_seed(0)
+    layer, norm = SS2D(d_model=8, d_state=4, ssm_ratio=2.0), nn.LayerNorm(8)
+    x = torch.randn(2, 5, 6, 8, requires_grad=True)
+    params = [x, *layer.parameters(), *norm.parameters()]
+
+    def run():
+        kept = set()
+
+        def pack(t):  # the storages of input-sized maps kept for the backward
+            if t.numel() == x.numel():
+                kept.add(t.untyped_storage().data_ptr())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = layer(x, norm)
+        return out, len(kept)
+
+    out, kept = run()
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, params, dout)
+    monkeypatch.setattr(ss2d, "recomputed_when_saved", lambda *targets: contextlib.nullcontext())
+    plain, kept_plain = run()
+    assert torch.equal(out, plain)
+    assert (kept, kept_plain) == (1, 2), "x alone should be kept, not h = norm(x) as well"
+    for g, w in zip(got, torch.autograd.grad(plain, params, dout)):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
