@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # One GPU session: the parity suite at full shapes, the model and codec tests, the per-kernel benchmarks and the full-model
-# latency, with every log and result written under $OUT (default bench/results/gpu).
-# Usage: bench/gpu_session.sh [parity] [model] [kernels] [latency]   (default: all four; the device
-# tool's 10-minute calls take one or two steps each)
+# latency, the training step, with every log and result written under $OUT (default bench/results/gpu).
+# Usage: bench/gpu_session.sh [parity] [model] [kernels] [latency] [train]   (default: all five; the
+# device tool's 10-minute calls take one or two steps each)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu}
 mkdir -p "$OUT"
-steps=${*:-parity model kernels latency}
+steps=${*:-parity model kernels latency train}
 export PYTHONUNBUFFERED=1 MAMBAIC_BENCH_OUT="$OUT"  # set MAMBAIC_COMMIT where the copy has no current .git
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -m mambaic info | tee -a "$OUT/gpu.txt"
@@ -25,6 +25,9 @@ for step in $steps; do
                --benchmark-json="$OUT/kernels-benchmark.json" 2>&1 | tail -40 | tee "$OUT/kernels.txt" ;;
     latency) timeout 500 python3 bench/latency.py --res ${LATENCY_RES:-kodak 1080p 2K 4K} \
                --json "$OUT/latency.json" --plot "$OUT/latency.png" 2>&1 | tail -40 | tee "$OUT/latency.txt" ;;
-    *) echo "unknown step $step (parity|model|kernels|latency)"; exit 2 ;;
+    # the official step per backend (vmamba where importable), then where its GPU time goes
+    train) timeout 300 python3 bench/train_step.py --json "$OUT/train_step.json" 2>&1 | tail -8 | tee "$OUT/train_step.txt"
+           timeout 150 python3 bench/train_profile.py --rows 30 2>&1 | tee "$OUT/train_profile.txt" | head -3 ;;
+    *) echo "unknown step $step (parity|model|kernels|latency|train)"; exit 2 ;;
   esac
 done

@@ -127,12 +127,11 @@ class SS2D(nn.Module):
         inplace = not torch.is_grad_enabled()
         # training without autocast: the same calls as functions that keep fewer maps (ss2d_autograd.py)
         lean = not inplace and not torch.is_autocast_enabled(h.device.type)
-        with contextlib.ExitStack() as hooks:
-            if lean and norm is not None:
-                # h = norm(x) is not kept for the backward (x is, by the norm): the u matmul (as its
-                # rows view) and the tail get it computed again
-                hooks.enter_context(recomputed_when_saved(
-                    (h, lambda: norm(x)), (self._rows(h), lambda: self._rows(norm(x)))))
+        # training: h = norm(x) is not kept for the backward (x is, by the norm): the u matmul (as
+        # its rows view) and the tail get it computed again
+        rebuild_h = lean and norm is not None
+        with (recomputed_when_saved((h, lambda: norm(x)), (self._rows(h), lambda: self._rows(norm(x))))
+              if rebuild_h else contextlib.nullcontext()):
             w_u, w_z = self.in_proj.weight.chunk(2, dim=0)  # in_proj has no bias (official)
             # The u half goes to the channel-first conv and scan: computing it as W_u @ x^T gives that
             # layout straight from the matmul, instead of a channel-last result plus a transposing
