@@ -173,7 +173,9 @@ def _version1_tables(mic: MicFile, model: MambaIC, source: str):
             raise WeightsMismatchError(
                 f"{source}: a version 1 file encoded with other model weights or entropy tables (fingerprint "
                 f"{mic.fingerprint.hex()}, N={mic.N}, M={mic.M}, depths={mic.depths}; version 1 cannot tell "
-                f"which); decode with the checkpoint used to encode"
+                f"which); decode with the checkpoint used to encode. With that checkpoint, the tables may have "
+                f"been computed on another kind of machine: version 1 tables are float32 and their last bits "
+                f"depend on the machine's math library; decode on a machine like the encoder's"
             )
         with legacy_core():
             yield

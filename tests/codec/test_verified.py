@@ -12,6 +12,7 @@ from PIL import Image
 
 import mambaic
 import mambaic_kernels as mk
+from compressai.models import CompressionModel
 from mambaic.codec import (
     LatentMismatchError,
     MicFile,
@@ -26,10 +27,12 @@ from mambaic.codec import (
     weights_fingerprint,
 )
 from mambaic.codec.container import FIXED_SIZE, pack_platform, unpack_platform
+from mambaic.codec.fingerprint import legacy_fingerprint
 from mambaic.image import to_uint8
 from mambaic_kernels import _backend
 
 from .conftest import TINY, photo
+from .version1 import V1_FILE, V1_SEED, skip_unless_v1_tables_reproduce
 
 EXPECTED = __import__("pathlib").Path(__file__).resolve().parents[1] / "expected"
 PHOTOS = [("astronaut", 96, 131, 40, 180), ("coffee", 75, 140, 100, 200), ("chelsea", 130, 70, 60, 150)]
@@ -172,9 +175,16 @@ def test_decoder_follows_the_encoder(tiny, torch_file, monkeypatch):
 
 def test_version_1_file_decodes_with_a_warning():
     """A file written by the version 1 encoder (commit c529589, torch backend, 1 thread, CPU)."""
-    model = mambaic.random_model(3, **TINY)
-    data = (EXPECTED / "astronaut_41x57_v1.mic").read_bytes()
+    data = V1_FILE.read_bytes()
     assert read_mic(data).version == 1 and not read_mic(data).verifiable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnverifiedFileWarning)
+        with pytest.raises(WeightsMismatchError, match="a version 1 file encoded with other model weights or entropy tables"):
+            decode_image(mambaic.random_model(V1_SEED + 1, **TINY), data, "v1.mic")
+    skip_unless_v1_tables_reproduce(TINY)
+    model = mambaic.random_model(V1_SEED, **TINY)
+    model.update(force=True)  # the tables a loaded checkpoint has
+    before = tables_fingerprint(model)
     with pytest.warns(UnverifiedFileWarning, match="v1.mic is a version 1 .mic file: it records no latent checksums"):
         with mk.use_backend("torch"), _backend.recording() as used:
             x_hat, _ = decode_image(model, data, "v1.mic")
@@ -182,12 +192,25 @@ def test_version_1_file_decodes_with_a_warning():
     assert "ss2d_core" not in used and used["selective_scan"] == ["torch"] and used["cross_merge"] == ["torch"]
     expected = np.asarray(Image.open(EXPECTED / "astronaut_41x57_v1_decoded.png"))
     assert np.abs(to_uint8(x_hat).astype(int) - expected).max() <= 1
+    assert tables_fingerprint(model) == before, "the v1 decode must leave the model's tables as they were"
+
+
+def test_version_1_file_refused_where_its_tables_differ():
+    """Where this machine's float32 update() gives other tables than the encoder's, the right
+    weights still cannot decode the file: it is refused with the documented error, never decoded
+    wrong, and the error names this cause."""
+    probe = mambaic.random_model(V1_SEED, **TINY)
+    CompressionModel.update(probe, force=True)
+    if legacy_fingerprint(probe) == read_mic(V1_FILE.read_bytes()).fingerprint:
+        pytest.skip("this machine reproduces the version 1 encoder's tables: the decode test covers it")
+    model = mambaic.random_model(V1_SEED, **TINY)
+    model.update(force=True)  # the tables a loaded checkpoint has
     tables = tables_fingerprint(model)
-    assert tables_fingerprint(model) == tables, "the v1 decode must leave the model's tables as they were"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnverifiedFileWarning)
-        with pytest.raises(WeightsMismatchError, match="a version 1 file encoded with other model weights or entropy tables"):
-            decode_image(mambaic.random_model(4, **TINY), data, "v1.mic")
+        with pytest.raises(WeightsMismatchError, match="computed on another kind of machine"):
+            decode_image(model, V1_FILE.read_bytes(), "v1.mic")
+    assert tables_fingerprint(model) == tables, "the refused decode must leave the model's tables as they were"
 
 
 def test_tables_do_not_depend_on_where_update_ran():
