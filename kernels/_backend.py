@@ -40,7 +40,7 @@ CHOICES = BACKENDS + ("auto",)
 # CPU tensors is its interpreter (for tests), never the fastest, so auto does not pick it there.
 AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 # Ops whose order differs, with the measured reason (H100, 2026-12-07, bench/RESULTS.md):
-# cross_merge: the cuda forward is 3-12% slower than Triton's (Triton's 16-byte vector loads against
+# cross_merge: the cuda forward is 2-12% slower than Triton's (Triton's 16-byte vector loads against
 # our scalar ones; the cuda fwd+bwd is 1.3-2.3x faster, its backward being the cuda scan);
 # window_attention: on the 2K latent the cuda kernels (tensor cores) take 0.128 ms of GPU time
 # fwd+bwd, Triton's 0.089 ms (forward 0.030 against 0.017, backward 0.091 against 0.061). The cuda
